@@ -1,0 +1,3 @@
+"""curvature: Hessian curvature analysis for PyTorch."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,284 @@
+"""Symmetric linear operators on flat parameter vectors.
+
+Every estimator in :mod:`curvature` takes a :class:`CurvatureOperator` and nothing
+else: it multiplies vectors and never learns where the matrix comes from (the
+scipy.sparse.linalg convention). Three implementations are public:
+
+* :class:`HessianOperator` -- the Hessian of a model's dataset loss,
+* :class:`GGNOperator` -- the generalised Gauss-Newton ``J^T H_out J`` (PSD),
+* :class:`DenseOperator` -- an explicit symmetric matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from curvature import engine
+
+__all__ = ["CurvatureOperator", "DenseOperator", "HessianOperator", "GGNOperator"]
+
+
+class CurvatureOperator:
+    """Base class: a symmetric ``n x n`` linear operator acting on ``Tensor[n]``.
+
+    Subclasses implement :meth:`_matmat` (``Tensor[n, k] -> Tensor[n, k]``); the base
+    class validates inputs, counts products and provides ``@`` and :meth:`to_scipy`.
+    """
+
+    def __init__(self, n: int, device: torch.device, dtype: torch.dtype) -> None:
+        self._n = int(n)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.num_matvecs = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self._n, self._n)
+
+    def _matmat(self, V: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check(self, X: Tensor, ndim: int) -> None:
+        if not isinstance(X, Tensor):
+            raise TypeError(f"expected a torch.Tensor, got {type(X).__name__}")
+        if X.ndim != ndim or X.shape[0] != self._n:
+            want = f"[{self._n}]" if ndim == 1 else f"[{self._n}, k]"
+            raise ValueError(
+                f"operator of shape {self.shape} needs a tensor of shape {want}, "
+                f"got {list(X.shape)}"
+            )
+        if X.dtype != self.dtype:
+            raise ValueError(
+                f"vector dtype {X.dtype} does not match operator dtype {self.dtype}; "
+                f"cast it with .to({self.dtype})"
+            )
+        if X.device.type != self.device.type or (
+            self.device.index is not None and X.device.index not in (None, self.device.index)
+        ):
+            raise ValueError(
+                f"vector is on {X.device} but the operator is on {self.device}; "
+                f"move it with .to('{self.device}')"
+            )
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """Return ``H v`` for ``v: Tensor[n]`` as ``Tensor[n]``."""
+        self._check(v, 1)
+        return self.matmat(v.unsqueeze(1)).squeeze(1)
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """Return ``H V`` for ``V: Tensor[n, k]`` as ``Tensor[n, k]``.
+
+        Implementations make one pass over their data for all ``k`` columns.
+        """
+        self._check(V, 2)
+        if V.shape[1] == 0:
+            return V.clone()
+        out = self._matmat(V)
+        self.num_matvecs += V.shape[1]
+        return out
+
+    def __matmul__(self, X: Tensor) -> Tensor:
+        if isinstance(X, Tensor) and X.ndim == 2:
+            return self.matmat(X)
+        return self.matvec(X)
+
+    def to_scipy(self):
+        """A :class:`scipy.sparse.linalg.LinearOperator` in float64 numpy (for cross-checks)."""
+        from scipy.sparse.linalg import LinearOperator
+
+        def mm(X: np.ndarray) -> np.ndarray:
+            X = np.asarray(X, dtype=np.float64)
+            squeeze = X.ndim == 1
+            T = torch.as_tensor(X.reshape(self._n, -1), dtype=self.dtype, device=self.device)
+            out = self.matmat(T).detach().to("cpu", torch.float64).numpy()
+            return out[:, 0] if squeeze else out
+
+        return LinearOperator(
+            self.shape, matvec=mm, matmat=mm, rmatvec=mm, rmatmat=mm, dtype=np.float64
+        )
+
+    def to_dense(self) -> Tensor:
+        """Materialise the operator as ``Tensor[n, n]`` by multiplying the identity (small n)."""
+        eye = torch.eye(self._n, dtype=self.dtype, device=self.device)
+        return self.matmat(eye)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, device={self.device})"
+
+
+class DenseOperator(CurvatureOperator):
+    """An explicit symmetric matrix ``A: Tensor[n, n]`` as a :class:`CurvatureOperator`.
+
+    Raises ``ValueError`` if ``A`` is not square, not finite, or not symmetric to
+    ``rtol`` (relative to ``max |A_ij|``).
+    """
+
+    def __init__(self, matrix: Tensor | np.ndarray, *, rtol: float = 1e-6) -> None:
+        A = torch.as_tensor(matrix)
+        if not A.is_floating_point():
+            A = A.to(torch.get_default_dtype())
+        if A.ndim != 2 or A.shape[0] != A.shape[1]:
+            raise ValueError(f"DenseOperator needs a square matrix, got shape {list(A.shape)}")
+        if not torch.isfinite(A).all():
+            raise ValueError("DenseOperator: matrix has non-finite entries")
+        scale = A.abs().max().clamp_min(torch.finfo(A.dtype).tiny)
+        asym = (A - A.T).abs().max()
+        if asym > rtol * scale:
+            raise ValueError(
+                f"DenseOperator needs a symmetric matrix: max |A - A^T| = {float(asym):.3g} "
+                f"exceeds rtol * max|A| = {float(rtol * scale):.3g}"
+            )
+        super().__init__(A.shape[0], A.device, A.dtype)
+        self.matrix = A
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        return self.matrix @ V
+
+
+class _ModelOperator(CurvatureOperator):
+    """Shared construction of model-based operators (Hessian, GGN)."""
+
+    _kind: str = ""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Any], Tensor],
+        data: Any,
+        *,
+        params: Sequence[Tensor] | Sequence[str] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        progress: bool = False,
+        chunk_size: int | None = None,
+    ) -> None:
+        self.problem = engine.Problem(
+            model, loss_fn, data, params=params, device=device, dtype=dtype
+        )
+        self.progress = progress
+        self.chunk_size = chunk_size
+        super().__init__(self.problem.num_params, self.problem.device, self.problem.dtype)
+
+    @property
+    def param_names(self) -> list[str]:
+        """Names of the differentiated parameters, in flat-vector order."""
+        return list(self.problem.names)
+
+    @property
+    def params(self) -> Tensor:
+        """The flat parameter vector ``w: Tensor[n]`` at which the operator is taken."""
+        return self.problem.w0
+
+    def loss(self) -> float:
+        """The dataset loss at ``w`` (batch-size weighted mean of per-batch losses)."""
+        return self.problem.loss()
+
+    def gradient(self) -> Tensor:
+        """The dataset gradient ``g(w): Tensor[n]``."""
+        return self.problem.gradient()
+
+
+class HessianOperator(_ModelOperator):
+    """Hessian of a model's dataset loss with respect to (a subset of) its parameters.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Evaluated in eval mode; its weights, buffers and train/eval mode are left
+        exactly as they were.
+    loss_fn : callable
+        ``loss_fn(outputs, targets) -> scalar``, the *mean* loss of a batch.
+    data : batch or iterable of batches
+        One ``(inputs, targets)`` pair or an iterable of them (a DataLoader). The
+        operator is the Hessian of ``sum_b n_b L_b(w) / sum_b n_b`` -- what one big
+        batch gives -- and is all-reduced over ranks when ``torch.distributed`` is
+        initialised (``data`` is then this rank's shard).
+    method : {"exact", "fd", "fd-central"}
+        ``"exact"``: autograd (forward-over-reverse, falling back to double
+        backward). ``"fd"``: ``(g(w + eps v) - g(w)) / eps`` with ``g(w)`` cached.
+        ``"fd-central"``: ``(g(w + eps v) - g(w - eps v)) / (2 eps)``. Finite
+        differences only need first derivatives (kernels without double backward).
+    eps : float, optional
+        Finite-difference step on ``v``. ``None`` picks, per vector,
+        ``eps = c (1 + ||w||) / ||v||`` with ``c = sqrt(u)`` (forward) or
+        ``cbrt(u)`` (central), ``u`` the unit roundoff of ``dtype``.
+    params : parameters or names, optional
+        Parameters to differentiate (default: all with ``requires_grad``). A subset
+        gives that diagonal block of the Hessian.
+    device, dtype : optional
+        Where and in which precision to compute. A different dtype/device works on
+        a copy of the model, never the user's.
+    chunk_size : int, optional
+        Number of vectors pushed through the model at once by :meth:`matmat`
+        (bounds memory; default: all).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Any], Tensor],
+        data: Any,
+        *,
+        method: str = "exact",
+        eps: float | None = None,
+        params: Sequence[Tensor] | Sequence[str] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        progress: bool = False,
+        chunk_size: int | None = None,
+    ) -> None:
+        if method not in ("exact", "fd", "fd-central"):
+            raise ValueError(f"method must be 'exact', 'fd' or 'fd-central', got {method!r}")
+        if eps is not None and not (eps > 0 and np.isfinite(eps)):
+            raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+        super().__init__(
+            model, loss_fn, data, params=params, device=device, dtype=dtype,
+            progress=progress, chunk_size=chunk_size,
+        )
+        self.method = method
+        self.eps = eps
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        if self.method == "exact":
+            return self.problem.hvp_exact(V, chunk_size=self.chunk_size, progress=self.progress)
+        return self.problem.hvp_fd(
+            V, eps=self.eps, central=self.method == "fd-central", progress=self.progress
+        )
+
+
+class GGNOperator(_ModelOperator):
+    """Generalised Gauss-Newton ``G = sum_b (n_b/N) J_b^T H_out,b J_b`` (PSD for convex losses).
+
+    ``J_b`` is the Jacobian of the model outputs of batch ``b`` with respect to the
+    parameters and ``H_out,b`` the Hessian of ``loss_fn`` with respect to those
+    outputs. Same arguments as :class:`HessianOperator` (no ``method``/``eps``).
+    """
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        return self.problem.ggn(V, chunk_size=self.chunk_size, progress=self.progress)
+
+
+def dense_hessian(
+    model: nn.Module,
+    loss_fn: Callable[[Any, Any], Tensor],
+    data: Any,
+    *,
+    params: Sequence[Tensor] | Sequence[str] | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Exact dense Hessian ``Tensor[n, n]`` of the dataset loss via ``torch.func.hessian``.
+
+    Ground truth for small models (``n`` up to a few thousand). Computed in ``dtype``
+    (float64 by default) on a copy of the model; same data semantics as
+    :class:`HessianOperator`.
+    """
+    problem = engine.Problem(model, loss_fn, data, params=params, device=device, dtype=dtype)
+    return problem.dense_hessian()
+
+
