@@ -11,7 +11,7 @@ scipy.sparse.linalg convention). Three implementations are public:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -261,24 +261,3 @@ class GGNOperator(_ModelOperator):
 
     def _matmat(self, V: Tensor) -> Tensor:
         return self.problem.ggn(V, chunk_size=self.chunk_size, progress=self.progress)
-
-
-def dense_hessian(
-    model: nn.Module,
-    loss_fn: Callable[[Any, Any], Tensor],
-    data: Any,
-    *,
-    params: Sequence[Tensor] | Sequence[str] | None = None,
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Exact dense Hessian ``Tensor[n, n]`` of the dataset loss via ``torch.func.hessian``.
-
-    Ground truth for small models (``n`` up to a few thousand). Computed in ``dtype``
-    (float64 by default) on a copy of the model; same data semantics as
-    :class:`HessianOperator`.
-    """
-    problem = engine.Problem(model, loss_fn, data, params=params, device=device, dtype=dtype)
-    return problem.dense_hessian()
-
-

@@ -1,0 +1,34 @@
+"""Exact dense Hessians of small models: the ground truth every estimator is tested against."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from curvature import engine
+
+__all__ = ["dense_hessian"]
+
+
+def dense_hessian(
+    model: nn.Module,
+    loss_fn: Callable[[Any, Any], Tensor],
+    data: Any,
+    *,
+    params: Sequence[Tensor] | Sequence[str] | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Exact dense Hessian ``Tensor[n, n]`` of the dataset loss via ``torch.func.hessian``.
+
+    Ground truth for small models (``n`` up to a few thousand). Computed in ``dtype``
+    (float64 by default) on a copy of the model; same data semantics as
+    :class:`HessianOperator`.
+    """
+    problem = engine.Problem(model, loss_fn, data, params=params, device=device, dtype=dtype)
+    return problem.dense_hessian()
+
+
