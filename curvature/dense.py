@@ -22,9 +22,11 @@ def dense_hessian(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Exact dense Hessian ``Tensor[n, n]`` of the dataset loss via ``torch.func.hessian``.
+    """Exact dense Hessian ``Tensor[n, n]`` of the dataset loss by reverse-over-reverse autograd.
 
-    Ground truth for small models (``n`` up to a few thousand). Computed in ``dtype``
+    Row ``i`` is the gradient of ``(grad L)_i`` by plain double backward, independent
+    of the forward-mode code paths (``torch.func.hessian`` returns a wrong,
+    non-symmetric matrix for affine LayerNorm in torch 2.13). Ground truth for small models (``n`` up to a few thousand). Computed in ``dtype``
     (float64 by default) on a copy of the model; same data semantics as
     :class:`HessianOperator`.
     """
