@@ -1,0 +1,1 @@
+"""Experiment drivers; each writes one folder under reports/."""

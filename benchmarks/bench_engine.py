@@ -1,0 +1,120 @@
+"""Cost of one full-dataset HVP, in units of one full-dataset gradient, measured side by side.
+
+Run: ``OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python -m benchmarks.bench_engine``
+
+Prints medians over repeats and ratios taken in this one process: the gradient,
+one HVP for each method of :class:`curvature.HessianOperator` (and the GGN), the
+per-vector cost of exact ``matmat`` with k = 1, 4, 16, and the same single HVP
+through curvlinops and PyHessian when they are installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import nn
+
+import curvature as cv
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def digits_batches(batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    X, y = load_digits(return_X_y=True)
+    X = torch.tensor((X - X.mean(0)) / (X.std(0) + 1e-8), dtype=torch.float32)
+    y = torch.tensor(y)
+    return [(X[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(X), batch_size)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, args.hidden), nn.Tanh(), nn.Linear(args.hidden, args.hidden), nn.Tanh(),
+        nn.Linear(args.hidden, 10),
+    )
+    data = digits_batches(args.batch_size)
+    n = sum(p.numel() for p in model.parameters())
+    N = sum(len(b[1]) for b in data)
+    print(f"MLP 64-{args.hidden}-{args.hidden}-10 on digits: n = {n} parameters, "
+          f"N = {N} examples in {len(data)} batches; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; medians of {args.repeats}")
+
+    def gradient() -> None:
+        model.zero_grad()
+        for x, y in data:
+            (F.cross_entropy(model(x), y) * (len(y) / N)).backward()
+
+    t_grad = median_time(gradient, args.repeats)
+    rows: list[tuple[str, float]] = []
+    v = torch.randn(n)
+    ops = {
+        "exact": cv.HessianOperator(model, F.cross_entropy, data),
+        "exact, cached graphs": cv.HessianOperator(model, F.cross_entropy, data, cache_graphs=True),
+        "fd": cv.HessianOperator(model, F.cross_entropy, data, method="fd"),
+        "fd-central": cv.HessianOperator(model, F.cross_entropy, data, method="fd-central"),
+        "ggn": cv.GGNOperator(model, F.cross_entropy, data),
+    }
+    ops["fd"].gradient()  # g(w) is cached once per operator, as in any FD solver
+    for name, op in ops.items():
+        rows.append((f"curvature {name} HVP", median_time(lambda op=op: op @ v, args.repeats)))
+
+    try:
+        from curvlinops import HessianLinearOperator
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        H = HessianLinearOperator(model, F.cross_entropy, params, data)
+        vs = [t.detach().clone() for t in torch.split(v, [p.numel() for p in params])]
+        vs = [t.reshape(p.shape) for t, p in zip(vs, params)]
+        rows.append(("curvlinops HVP", median_time(lambda: H @ vs, args.repeats)))
+    except Exception as err:  # baseline unavailable: say so, never fake a number
+        print(f"curvlinops skipped: {err}")
+    try:
+        from pyhessian import hessian
+
+        ph = hessian(model, nn.CrossEntropyLoss(), dataloader=data, cuda=False)
+        vs = [t.reshape(p.shape) for t, p in zip(torch.split(v, [p.numel() for p in ph.params]), ph.params)]
+        rows.append(("PyHessian HVP", median_time(lambda: ph.dataloader_hv_product(vs), args.repeats)))
+    except Exception as err:
+        print(f"pyhessian skipped: {err}")
+
+    print(f"\n{'task':34s} {'median ms':>10s} {'/ gradient':>11s}")
+    print(f"{'full-dataset gradient':34s} {1e3 * t_grad:10.2f} {1.0:11.2f}")
+    for name, t in rows:
+        print(f"{name:34s} {1e3 * t:10.2f} {t / t_grad:11.2f}")
+
+    print("\nexact matmat, per-vector cost relative to one matvec")
+    single = None
+    for cached in (False, True):
+        op = cv.HessianOperator(model, F.cross_entropy, data, cache_graphs=cached)
+        for k in (1, 4, 16):
+            V = torch.randn(n, k)
+            t = median_time(lambda op=op, V=V: op @ V, max(5, args.repeats // 2)) / k
+            if k == 1:
+                single = t
+            print(f"  cache_graphs={cached!s:5s} k={k:2d}: {1e3 * t:8.2f} ms/vector = "
+                  f"{t / single:.2f} x matvec = {t / t_grad:.2f} x gradient")
+    np.random.seed(0)
+
+
+if __name__ == "__main__":
+    main()
