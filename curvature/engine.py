@@ -258,20 +258,27 @@ class Problem:
             yield i, batch_size_of(batch), batch
 
     def _finish(self, total: Tensor, count: int, losses: list[Tensor]) -> Tensor:
-        """Divide the batch-weighted sum by N (over all ranks) and check the losses."""
+        """Divide the batch-weighted sum by N (over all ranks) and check the losses.
+
+        The all-reduce comes first, so that a rank with a bad batch never leaves the
+        others waiting in a collective.
+        """
         if not losses:
             raise ValueError("data is empty: no batches to compute the loss on")
+        n = torch.tensor(float(count), dtype=torch.float64, device=total.device)
+        _all_reduce(total)
+        _all_reduce(n)
         stacked = torch.stack([loss.detach().reshape(()) for loss in losses])
         bad = ~torch.isfinite(stacked)
         if bool(bad.any()):  # one host sync per pass over the data
             i = int(bad.nonzero()[0, 0])
+            where = f" on rank {dist.get_rank()}" if _distributed() else ""
             raise NonFiniteLossError(
-                f"loss of batch {i} is {float(stacked[i])} (non-finite) at the current "
+                f"loss of batch {i}{where} is {float(stacked[i])} (non-finite) at the current "
                 "parameters; check the data and the model"
             )
-        n = torch.tensor(float(count), dtype=torch.float64, device=total.device)
-        _all_reduce(total)
-        _all_reduce(n)
+        if _distributed() and not bool(torch.isfinite(total).all()):
+            raise NonFiniteLossError("a batch on another rank has a non-finite loss")
         return total / n.to(total.dtype)
 
     @contextlib.contextmanager
