@@ -38,6 +38,7 @@ checkpoint under the final name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
@@ -232,6 +233,7 @@ def save_checkpoint(
     }
     # clone: contiguous, CPU, and no shared storage (safetensors refuses tied tensors)
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    header["state_dict_sha256"] = _digest(state)
     if path.suffix == ".safetensors":
         from safetensors.torch import save
 
@@ -240,6 +242,17 @@ def save_checkpoint(
     else:
         _atomic_write(path, lambda f: torch.save({**header, "state_dict": state}, f))
     return path
+
+
+def _digest(state: Mapping[str, Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of the tensors (sorted by name):
+    neither format checks the integrity of tensor data, so the header carries this."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 # -------------------------------------------------------------------------- load
@@ -309,7 +322,18 @@ def _is_state_dict(obj: Any) -> bool:
 
 
 def _parse(path: Path, fmt: str, payload: Any) -> tuple[dict[str, Tensor], dict | None]:
-    """``(state_dict, header or None for a bare state dict)``."""
+    """``(state_dict, header or None for a bare state dict)``; verifies the checksum."""
+    state, header = _split(path, fmt, payload)
+    digest = header.get("state_dict_sha256") if header else None
+    if digest is not None and digest != _digest(state):
+        raise CheckpointError(
+            f"{path}: corrupt checkpoint: the tensors do not match the SHA-256 checksum "
+            f"recorded when it was saved"
+        )
+    return state, header
+
+
+def _split(path: Path, fmt: str, payload: Any) -> tuple[dict[str, Tensor], dict | None]:
     if fmt == "safetensors":
         tensors, meta = payload
         if meta.get("format") != FORMAT:
@@ -463,6 +487,7 @@ def load_checkpoint(
         model, state_dict, f"the state dict in {path} (model built by {factory}(**{kwargs}))"
     )
     model.load_state_dict(state_dict)
+    state_dict = {k: state_dict[k] for k in model.state_dict()}  # the model's order
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     model.eval()
