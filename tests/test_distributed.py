@@ -18,7 +18,9 @@ SPLIT = 37  # rank 0 holds examples [0, 37), rank 1 the other 83: uneven shards
 
 def workload():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 4)).double()
+    model = nn.Sequential(
+        nn.Linear(6, 9, dtype=torch.float32), nn.Tanh(), nn.Linear(9, 4, dtype=torch.float32)
+    ).double()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(120, 6, generator=g, dtype=torch.float64)
     y = torch.randint(0, 4, (120,), generator=g)

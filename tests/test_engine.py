@@ -1,4 +1,4 @@
-"""The HVP engine against explicit float64 matrices (torch.func.hessian, Jacobians)."""
+"""The HVP engine against explicit float64 matrices (double-backward dense Hessians, Jacobians)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from torch import nn
 
 import curvature as cv
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """Build every model of this module in float64 (restored afterwards)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
