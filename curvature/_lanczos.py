@@ -117,6 +117,7 @@ def lanczos(
     Q[:, 0] = q / torch.linalg.vector_norm(q)
 
     j = 0  # column of Q being expanded
+    block = 0  # first column of the Krylov block started after the last breakdown
     anorm = 0.0  # running estimate of ||H||: the largest |Ritz value| seen
     eps = torch.finfo(dtype).eps
     restarts = 0
@@ -151,7 +152,10 @@ def lanczos(
                 callback(used, theta[top])
             if len(top) == k:
                 limit = tol * np.maximum(np.abs(theta[top]), RELATIVE_FLOOR * anorm)
-                if np.all(residuals[top] <= limit):
+                if np.all(residuals[top] <= limit) and (
+                    block == 0
+                    or _outranks_block(theta[top], T[block : j + 1, block : j + 1], which, limit)
+                ):
                     converged = True
                     message = f"converged after {used} matvecs ({restarts} restarts)"
                     break
@@ -174,6 +178,7 @@ def lanczos(
             if invariant:
                 T[j + 1, j] = T[j, j + 1] = 0.0
                 Q[:, j + 1] = _random_orthogonal(Q[:, : j + 1], gen)
+                block = j + 1
             else:
                 T[j + 1, j] = T[j, j + 1] = beta
                 Q[:, j + 1] = w / beta_t
@@ -191,6 +196,7 @@ def lanczos(
             T[np.arange(keep), np.arange(keep)] = theta[kept]
             T[keep, :keep] = T[:keep, keep] = coupling
             j = keep
+            block = 0
             restarts += 1
     finally:
         bar.close()
@@ -222,6 +228,21 @@ def lanczos(
         tol=tol,
         message=message,
     )
+
+
+def _outranks_block(wanted: np.ndarray, T_block: np.ndarray, which: str, slack: np.ndarray) -> bool:
+    """After a breakdown, the unexplored complement is probed by the newest Krylov block.
+
+    The wanted values are only final if none ranks below the block's most wanted Ritz
+    value (else the complement may hold more eigenvalues that belong in the top k).
+    """
+    theta = np.linalg.eigvalsh(T_block)
+    best = theta[wanted_order(theta, which)[0]]
+    if which == "largest":
+        return bool(np.all(wanted >= best - slack))
+    if which == "smallest":
+        return bool(np.all(wanted <= best + slack))
+    return bool(np.all(np.abs(wanted) >= abs(best) - slack))
 
 
 def _worst_ratio(theta, residuals, top, k, anorm, tol) -> float:

@@ -23,13 +23,17 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
 def rademacher(
     n: int, k: int, gen: torch.Generator, dtype: torch.dtype, device: torch.device
 ) -> Tensor:
-    """``Tensor[n, k]`` of independent +-1 entries (each with probability 1/2)."""
-    z = torch.randint(0, 2, (n, k), generator=gen, device=device, dtype=dtype)
-    return z.mul_(2).sub_(1)
+    """``Tensor[n, k]`` of independent +-1 entries (each with probability 1/2).
+
+    Columns are drawn one after another, so splitting a draw into blocks of columns
+    gives the same probes.
+    """
+    z = torch.randint(0, 2, (k, n), generator=gen, device=device, dtype=dtype)
+    return z.mul_(2).sub_(1).T.contiguous()
 
 
 def gaussian(
     n: int, k: int, gen: torch.Generator, dtype: torch.dtype, device: torch.device
 ) -> Tensor:
-    """``Tensor[n, k]`` of independent standard normal entries."""
-    return torch.randn((n, k), generator=gen, device=device, dtype=dtype)
+    """``Tensor[n, k]`` of independent standard normal entries (drawn column by column)."""
+    return torch.randn((k, n), generator=gen, device=device, dtype=dtype).T.contiguous()
