@@ -195,6 +195,10 @@ class Problem:
         self._loss0: float | None = None
         self.param_list = [own[k] for k in names]
         self._graphs: dict[int, tuple[Tensor, Tensor]] = {}
+        self._cache_ok: bool | None = None
+        # In-place writes bump a tensor's version counter: products must not run on a
+        # model that changed after the operator was built.
+        self._versions = self._state_versions()
         self._graph_checked = False
         self._batched_ok = True
 
@@ -281,8 +285,17 @@ class Problem:
             raise NonFiniteLossError("a batch on another rank has a non-finite loss")
         return total / n.to(total.dtype)
 
+    def _state_versions(self) -> list[int]:
+        return [t._version for t in (*self.model.parameters(), *self.model.buffers())]
+
     @contextlib.contextmanager
     def _session(self) -> Iterator[None]:
+        if self._state_versions() != self._versions:
+            raise RuntimeError(
+                "the model's parameters or buffers were modified after this operator was "
+                "built; an operator is taken at the parameters it was built with, so build "
+                "a new one"
+            )
         with eval_mode(self.model):
             yield
 
@@ -320,26 +333,32 @@ class Problem:
         V: Tensor,
         chunk_size: int | None = None,
         progress: bool = False,
-        cache_graphs: bool = False,
+        cache_graphs: bool | None = None,
+        max_cache_bytes: float = 2**30,
     ) -> Tensor:
         """Exact ``H V`` for ``V: Tensor[n, k]`` in one pass over the data.
 
         Per batch: one forward and one first backward with ``create_graph=True``
         (shared by all ``k`` columns), then one second backward per column, batched
-        with ``is_grads_batched`` in chunks of ``chunk_size`` columns. With
-        ``cache_graphs`` the per-batch gradient graphs are kept and reused by every
-        later call, which then costs only the second backwards.
+        with ``is_grads_batched`` in chunks of ``chunk_size`` columns. Cached
+        per-batch gradient graphs are reused by every later call, which then costs
+        only the second backwards. ``cache_graphs=None`` caches when the tensors
+        saved by the first batch's graph, times the number of batches, fit in
+        ``max_cache_bytes``; streamed data (DataLoaders) is never cached.
         """
         total = torch.zeros_like(V)
         count, losses = 0, []
         with self._session(), self._differentiable():
             for i, nb, batch in self._iterate(progress, "hvp"):
-                if cache_graphs and not self._stream:
-                    if i not in self._graphs:
-                        self._graphs[i] = self._gradient_graph(batch)
+                if i in self._graphs:
                     g, loss = self._graphs[i]
                 else:
-                    g, loss = self._gradient_graph(batch)
+                    measure = cache_graphs is None and self._cache_ok is None and not self._stream
+                    g, loss, nbytes = self._gradient_graph(batch, measure=measure)
+                    if measure:
+                        self._cache_ok = nbytes * len(self.batches) <= max_cache_bytes
+                    if not self._stream and (cache_graphs or (cache_graphs is None and self._cache_ok)):
+                        self._graphs[i] = (g, loss)
                 total.add_(self._second_backward(g, V, chunk_size), alpha=nb)
                 count += nb
                 losses.append(loss)
@@ -357,19 +376,35 @@ class Problem:
             for p, flag in zip(self.param_list, flags):
                 p.requires_grad_(flag)
 
-    def _gradient_graph(self, batch: Any) -> tuple[Tensor, Tensor]:
-        """Flat batch gradient with its graph (``create_graph=True``) and the batch loss."""
-        inputs = batch[0] if isinstance(batch[0], tuple) else (batch[0],)
-        loss = self.loss_fn(self.model(*inputs), batch[1])
-        if not self._graph_checked:
-            _check_second_derivatives(loss)
-            self._graph_checked = True
-        grads = torch.autograd.grad(loss, self.param_list, create_graph=True, allow_unused=True)
+    def _gradient_graph(self, batch: Any, measure: bool = False) -> tuple[Tensor, Tensor, int]:
+        """Flat batch gradient with its graph (``create_graph=True``), the loss, and the
+        bytes of the tensors autograd saved for it (counted when ``measure``)."""
+        nbytes = 0
+
+        def pack(t: Tensor) -> Tensor:
+            nonlocal nbytes
+            nbytes += t.numel() * t.element_size()
+            return t
+
+        hooks = (
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+            if measure
+            else contextlib.nullcontext()
+        )
+        with hooks:
+            inputs = batch[0] if isinstance(batch[0], tuple) else (batch[0],)
+            loss = self.loss_fn(self.model(*inputs), batch[1])
+            if not self._graph_checked:
+                _check_second_derivatives(loss)
+                self._graph_checked = True
+            grads = torch.autograd.grad(
+                loss, self.param_list, create_graph=True, allow_unused=True
+            )
         g = torch.cat(
             [torch.zeros_like(p).reshape(-1) if t is None else t.reshape(-1)
              for p, t in zip(self.param_list, grads)]
         )
-        return g, loss.detach()
+        return g, loss.detach(), nbytes
 
     def _second_backward(self, g: Tensor, V: Tensor, chunk_size: int | None) -> Tensor:
         """``d(g . v)/dw`` for every column ``v`` of ``V``; the graph of ``g`` is kept."""
@@ -498,7 +533,7 @@ class Problem:
         count, losses = 0, []
         with self._session(), self._differentiable():
             for _, nb, batch in self._iterate(False, "hessian"):
-                g, loss = self._gradient_graph(batch)
+                g, loss, _ = self._gradient_graph(batch)
                 total.add_(self._second_backward(g, eye, chunk_size=256), alpha=nb)
                 losses.append(loss)
                 count += nb

@@ -216,14 +216,17 @@ class HessianOperator(_ModelOperator):
     chunk_size : int, optional
         Number of vectors pushed through the model at once by :meth:`matmat`
         (bounds memory; default: all).
-    cache_graphs : bool
-        Exact method only. ``False`` (default): every product recomputes each batch's
-        forward pass and first backward (memory: one batch graph at a time).
-        ``True``: keep every batch's gradient graph after the first product and
-        reuse it, so later products cost one second backward per batch (about 1.5
-        gradients instead of 2.5-3); memory grows with the dataset (all graphs are
-        held), so use it when ``len(data)`` batch graphs fit. Ignored for
-        streamed data (DataLoaders), whose batches may change between passes.
+    cache_graphs : bool or None
+        Exact method only. Each product needs, per batch, a forward pass and a first
+        backward with its graph, then one second backward per vector. Kept graphs
+        are reused by later products, which then cost about 1.5-2 gradients instead
+        of 2.5-3. ``None`` (default) keeps them when the tensors saved by the first
+        batch's graph, times the number of batches, fit in ``max_cache_bytes``;
+        ``True`` always, ``False`` never (one batch graph in memory at a time).
+        Streamed data (DataLoaders, whose batches may change) is never cached.
+    max_cache_bytes : float
+        Memory bound for ``cache_graphs=None`` (default 1 GiB), estimated from the
+        bytes of the tensors autograd saves for the first batch.
     """
 
     def __init__(
@@ -239,7 +242,8 @@ class HessianOperator(_ModelOperator):
         dtype: torch.dtype | None = None,
         progress: bool = False,
         chunk_size: int | None = None,
-        cache_graphs: bool = False,
+        cache_graphs: bool | None = None,
+        max_cache_bytes: float = 2**30,
     ) -> None:
         if method not in ("exact", "fd", "fd-central"):
             raise ValueError(f"method must be 'exact', 'fd' or 'fd-central', got {method!r}")
@@ -252,11 +256,16 @@ class HessianOperator(_ModelOperator):
         self.method = method
         self.eps = eps
         self.cache_graphs = cache_graphs
+        self.max_cache_bytes = max_cache_bytes
 
     def _matmat(self, V: Tensor) -> Tensor:
         if self.method == "exact":
             return self.problem.hvp_exact(
-                V, chunk_size=self.chunk_size, progress=self.progress, cache_graphs=self.cache_graphs
+                V,
+                chunk_size=self.chunk_size,
+                progress=self.progress,
+                cache_graphs=self.cache_graphs,
+                max_cache_bytes=self.max_cache_bytes,
             )
         return self.problem.hvp_fd(
             V, eps=self.eps, central=self.method == "fd-central", progress=self.progress

@@ -270,7 +270,7 @@ def test_chunked_and_cached_matmat_match(digits):
     model = mlp()
     V = probe_block(sum(p.numel() for p in model.parameters()), 7)
     data = [(X[:100], y[:100]), (X[100:], y[100:])]
-    ref = cv.HessianOperator(model, F.cross_entropy, data) @ V
+    ref = cv.HessianOperator(model, F.cross_entropy, data, cache_graphs=False) @ V
     chunked = cv.HessianOperator(model, F.cross_entropy, data, chunk_size=3) @ V
     assert rel(chunked, ref) < 1e-13
     cached = cv.HessianOperator(model, F.cross_entropy, data, cache_graphs=True)
@@ -278,6 +278,22 @@ def test_chunked_and_cached_matmat_match(digits):
         assert rel(cached @ V, ref) < 1e-13
         assert rel(cached @ V[:, 0], ref[:, 0]) < 1e-13
     assert len(cached.problem._graphs) == 2
+    auto = cv.HessianOperator(model, F.cross_entropy, data)  # small graphs: cached
+    assert rel(auto @ V, ref) < 1e-13 and len(auto.problem._graphs) == 2
+    bounded = cv.HessianOperator(model, F.cross_entropy, data, max_cache_bytes=1024)
+    assert rel(bounded @ V, ref) < 1e-13 and len(bounded.problem._graphs) == 0
+
+
+def test_operator_refuses_a_model_changed_after_construction(digits):
+    X, y = digits
+    model = mlp()
+    op = cv.HessianOperator(model, F.cross_entropy, (X, y))
+    v = torch.ones(op.shape[0])
+    op @ v  # graphs now cached at the construction-time parameters
+    with torch.no_grad():
+        model[0].weight.add_(0.1)
+    with pytest.raises(RuntimeError, match="modified after this operator was built"):
+        op @ v
 
 
 def test_float32_operator_and_float64_copy(digits):
