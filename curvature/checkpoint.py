@@ -21,11 +21,14 @@ any other suffix (``.pt``, ``.pth``, ...)
 
 Loading never executes code from the file: ``.pt`` files are read with
 ``torch.load(weights_only=True)`` (a hostile pickle raises :class:`CheckpointError`),
-safetensors files hold no code. The recorded factory names code that is already
-installed; it is called only if it declares itself a model factory (an
-``nn.Module`` subclass or a function annotated to return one, like every factory in
-:mod:`curvature.models`) -- otherwise the caller must name it explicitly with
-``model_factory`` (CLI ``--model package.module:function``).
+safetensors files hold no code. The recorded factory string is data from the file
+too: calling whatever callable it names with its keyword arguments would run code of
+the file's choosing (``"subprocess:run"`` with ``args``). So a recorded factory is
+imported and called only if it is a zoo model (:data:`curvature.models.MODELS`) or a
+model factory (``nn.Module`` subclass or function annotated to return one) defined at
+the top level of a module the caller lists in ``trusted_modules``; otherwise the
+caller names it explicitly with ``model_factory`` (CLI ``--model
+package.module:function``), and the recorded keyword arguments are used with it.
 
 Bare state dicts (``torch.save(model.state_dict())`` or a safetensors file of the
 state dict) load when ``model_factory`` is given.
@@ -45,7 +48,7 @@ import pickle
 import struct
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -421,6 +424,7 @@ def load_checkpoint(
     model_factory: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     map_location: Any = "cpu",
+    trusted_modules: Sequence[str] = (),
 ) -> LoadedCheckpoint:
     """Read a checkpoint and rebuild its model, without executing code from the file.
 
@@ -430,9 +434,12 @@ def load_checkpoint(
             ``"state_dict"``, ``"model_state_dict"`` or ``"model"`` key, or
             ``.safetensors``).
         model_factory: ``"package.module:function"`` (or a short name) to build the
-            model with instead of the recorded factory; required for a bare state
-            dict, and for a recorded factory that does not declare itself a model
-            factory (an explicit choice to trust it).
+            model with instead of the recorded factory -- the caller's explicit choice
+            to trust it. Required for a bare state dict, and for a recorded factory
+            outside the zoo and ``trusted_modules``.
+        trusted_modules: modules (``"mypkg.models"``) whose model factories a
+            checkpoint may name and have called. The zoo (:data:`curvature.models.MODELS`)
+            is always trusted.
         model_kwargs: keyword arguments for the factory; they update the recorded
             ones when the factory is the recorded one, else replace them.
         map_location: where the tensors and the model go (``torch.load`` semantics;
@@ -456,13 +463,15 @@ def load_checkpoint(
     fmt, payload = _read(path, map_location)
     state_dict, header = _parse(path, fmt, payload)
 
-    recorded = header["factory"] if header else None
+    recorded = MODELS.get(header["factory"], header["factory"]) if header else None
     recorded_kwargs = dict(header.get("factory_kwargs") or {}) if header else {}
     if model_factory is None and recorded is None:
         raise CheckpointError(
             f"{path} is a bare state dict with no model factory recorded; name the model "
             f"with model_factory='package.module:function' (CLI: --model package.module:function)"
         )
+    if model_factory is None:
+        _check_trusted(path, recorded, trusted_modules)
     factory = model_factory if model_factory is not None else recorded
     assert factory is not None
     try:
@@ -470,14 +479,20 @@ def load_checkpoint(
     except ModelFactoryError as e:
         where = "given" if model_factory is not None else f"recorded in {path}"
         raise CheckpointError(f"unknown model factory ({where}): {e}") from None
-    if model_factory is None and not is_model_factory(fn):
+    if model_factory is None and factory not in MODELS.values() and not (
+        getattr(fn, "__module__", None) == factory.split(":")[0] and is_model_factory(fn)
+    ):
         raise CheckpointError(
-            f"{path} names the factory {factory!r}, which does not declare itself a model "
-            f"factory (an nn.Module subclass or a function annotated '-> nn.Module'), so it is "
-            f"not called; if you trust it, pass model_factory={factory!r} "
+            f"{path} names the factory {factory!r}, which is not a model factory defined in "
+            f"its module (an nn.Module subclass or a function annotated '-> nn.Module'), so "
+            f"it is not called; if you trust it, pass model_factory={factory!r} "
             f"(CLI: --model {factory})"
         )
-    same = recorded is not None and (model_factory is None or _same(fn, recorded))
+    # recorded kwargs go with the recorded factory (compared as strings: nothing the
+    # file names is imported unless trusted)
+    same = recorded is not None and (
+        model_factory is None or MODELS.get(model_factory, model_factory) == recorded
+    )
     kwargs = {**recorded_kwargs, **(model_kwargs or {})} if same else dict(model_kwargs or {})
     try:
         model = build_model(factory, **kwargs)
@@ -504,9 +519,22 @@ def load_checkpoint(
     )
 
 
-def _same(fn: Any, recorded: str) -> bool:
-    try:
-        return resolve_factory(recorded) is fn
-    except ModelFactoryError:
-        return False
-
+def _check_trusted(path: Path, factory: str, trusted_modules: Sequence[str]) -> None:
+    """A factory recorded in a file is data from the file: calling an arbitrary
+    callable with its kwargs would run code of the file's choosing (``subprocess:run``
+    with ``args``, or ``build_model`` as a trampoline). Only the zoo and top-level
+    names in the caller's ``trusted_modules`` are called -- decided from the string,
+    before anything is imported."""
+    if factory in MODELS.values():
+        return
+    module, _, attr = factory.partition(":")
+    if isinstance(trusted_modules, str):
+        trusted_modules = (trusted_modules,)
+    if module in trusted_modules and attr.isidentifier():
+        return
+    raise CheckpointError(
+        f"{path} names the model factory {factory!r}, which is neither a zoo model "
+        f"({', '.join(sorted(MODELS))}) nor in trusted_modules, so it is not imported or "
+        f"called; if you trust it, pass model_factory={factory!r} (CLI: --model {factory}) "
+        f"or trusted_modules=[{module!r}]"
+    )

@@ -348,13 +348,16 @@ def test_hostile_factory_is_not_called(tmp_path, suffix):
     model = build_model("mlp")
     for factory, kwargs in [
         ("subprocess:run", {"args": ["touch", str(marker)]}),
-        ("os:system", {}),
-        ("builtins:eval", {}),
+        ("os:system", {"command": f"touch {marker}"}),
+        # a trampoline inside the zoo module: build_model would call subprocess.run
+        ("curvature.models:build_model", {"factory": "subprocess:run",
+                                          "args": ["touch", str(marker)]}),
+        ("curvature.models:resolve_factory", {"factory": "os:system"}),
     ]:
         p = save_checkpoint(tmp_path / f"evil{suffix}", model, factory=factory,
                             factory_kwargs=kwargs)
-        with pytest.raises(CheckpointError, match=f"names the factory '{factory}', which does "
-                                                  "not declare itself a model factory"):
+        with pytest.raises(CheckpointError, match=f"names the model factory '{factory}', "
+                                                  "which is neither a zoo model"):
             load_checkpoint(p)
     assert not marker.exists()
     # naming a real model factory explicitly is the way to load such a file
@@ -362,17 +365,67 @@ def test_hostile_factory_is_not_called(tmp_path, suffix):
     _assert_same_state(ckpt.model.state_dict(), model.state_dict())
 
 
+USER_MODULE = """
+import pathlib
+from torch import nn
+from curvature.models import build_model  # imported, not defined here: never trusted
+
+pathlib.Path({marker!r}).write_text("imported")
+
+
+def net(width: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(2, width), nn.Tanh(), nn.Linear(width, 1))
+
+
+def helper(width=3):  # no annotation: not a declared model factory
+    return net(width)
+"""
+
+
+def test_trusted_modules_for_user_factories(tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "user_nets_ckpt.py").write_text(USER_MODULE.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "user_nets_ckpt", raising=False)
+    model = nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.Linear(5, 1))
+    p = save_checkpoint(tmp_path / "u.pt", model, factory="user_nets_ckpt:net",
+                        factory_kwargs={"width": 5})
+    marker.unlink()  # save_checkpoint resolved (imported) it; now start clean
+    monkeypatch.delitem(__import__("sys").modules, "user_nets_ckpt")
+    with pytest.raises(CheckpointError, match=r"trusted_modules=\['user_nets_ckpt'\]"):
+        load_checkpoint(p)
+    assert not marker.exists()  # an untrusted module is not even imported
+    ckpt = load_checkpoint(p, trusted_modules=["user_nets_ckpt"])
+    assert marker.exists() and ckpt.factory_kwargs == {"width": 5}
+    x = torch.randn(4, 2)
+    assert torch.equal(ckpt.model(x), model(x))
+    # explicit model_factory: the recorded kwargs are used with it
+    assert load_checkpoint(p, model_factory="user_nets_ckpt:net").factory_kwargs == {"width": 5}
+    raw = torch.load(p, weights_only=True)
+    for factory in ("user_nets_ckpt:helper", "user_nets_ckpt:build_model"):
+        torch.save({**raw, "factory": factory}, p)
+        with pytest.raises(CheckpointError, match="not a model factory defined in its module"):
+            load_checkpoint(p, trusted_modules=["user_nets_ckpt"])
+
+
 def test_unknown_recorded_factory(tmp_path):
     model = build_model("mlp")
     p = save_checkpoint(tmp_path / "a.pt", model, factory="mlp")
     raw = torch.load(p, weights_only=True)
-    for factory, match in [("no_such_pkg.nets:mlp", "cannot import module 'no_such_pkg.nets'"),
-                           ("curvature.models:mlq", "has no attribute 'mlq'")]:
-        torch.save({**raw, "factory": factory}, p)
-        with pytest.raises(CheckpointError, match=f"unknown model factory \\(recorded in .*{match}"):
-            load_checkpoint(p)
+    torch.save({**raw, "factory": "no_such_pkg.nets:mlp"}, p)
+    with pytest.raises(CheckpointError, match=r"unknown model factory \(recorded in .*"
+                                              r"cannot import module 'no_such_pkg.nets'"):
+        load_checkpoint(p, trusted_modules=["no_such_pkg.nets"])
+    torch.save({**raw, "factory": "curvature.models:mlq"}, p)
+    with pytest.raises(CheckpointError, match="'curvature.models:mlq', which is neither a zoo"):
+        load_checkpoint(p)
+    with pytest.raises(CheckpointError, match=r"unknown model factory \(given\).*has no "
+                                              r"attribute 'mlq'"):
+        load_checkpoint(p, model_factory="curvature.models:mlq")
     with pytest.raises(CheckpointError, match=r"unknown model factory \(given\)"):
         load_checkpoint(p, model_factory="nonexistent")
+    torch.save({**raw, "factory": "mlp"}, p)  # a short name is read as the zoo factory
+    assert load_checkpoint(p).factory == "curvature.models:mlp"
     torch.save({**raw, "factory_kwargs": {"hidden": [32], "widht": 3}}, p)
     with pytest.raises(CheckpointError, match="cannot rebuild the model .* 'widht'"):
         load_checkpoint(p)
