@@ -1,0 +1,32 @@
+"""Sharpness-aware and curvature-adaptive optimizers that expose their curvature estimates.
+
+Every optimizer is a ``torch.optim.Optimizer`` with the closure protocol
+(``loss = opt.step(closure)``) and, after each step, ``opt.estimates``: a dict of the
+method's internal curvature estimates (keys ``lambda_max``, ``smoothness``, ``hvp``,
+``hvp_direction``, ``hessian_diag``, ``noise_variance``, ``smoothness_direction``;
+floats for scalars, flat tensors in param_groups order for vectors).  See
+:mod:`curvature.optim._common` for the conventions.
+"""
+
+from curvature.optim._common import CurvatureOptimizer, disable_running_stats
+from curvature.optim.accelerated_sam import AcceleratedSAM
+from curvature.optim.adahessian import AdaHessian
+from curvature.optim.forward_sam import ForwardSAM
+from curvature.optim.ire import IRE
+from curvature.optim.sam import SAM, AlphaSAM
+from curvature.optim.sgdhess import SGDHess
+from curvature.optim.smoothness_adaptive import SASAM, SASGD
+
+__all__ = [
+    "SAM",
+    "AlphaSAM",
+    "AcceleratedSAM",
+    "ForwardSAM",
+    "SASGD",
+    "SASAM",
+    "SGDHess",
+    "AdaHessian",
+    "IRE",
+    "CurvatureOptimizer",
+    "disable_running_stats",
+]

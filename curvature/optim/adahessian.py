@@ -1,0 +1,142 @@
+r"""AdaHessian (Yao, Gholami, Shen, Mustafa, Keutzer, Mahoney; AAAI 2021).
+
+Adam with the squared gradient replaced by the squared Hutchinson estimate of the
+Hessian diagonal (seed: ``sam-hessian-sgdhess.md``, "AdaHessian"):
+
+.. math::
+
+    D_t &= \tfrac{1}{S}\textstyle\sum_{s} z_s \odot (H z_s),\quad z_s \sim \text{Rademacher}
+        \qquad (\mathbb E[D_t] = \operatorname{diag} H)\\
+    D^{(s)}_t &= \text{spatial average of } D_t \text{ over each convolution kernel}\\
+    m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t,\qquad
+    v_t = \beta_2 v_{t-1} + (1-\beta_2) D^{(s)}_t \odot D^{(s)}_t\\
+    w_{t+1} &= w_t - \eta\Big(\frac{m_t/(1-\beta_1^t)}
+        {\big(\sqrt{v_t/(1-\beta_2^t)}\big)^{k} + \epsilon} + \mathrm{wd}\,w_t\Big)
+
+with Hessian power ``k`` (``hessian_power``) and decoupled weight decay.  Spatial
+averaging (Yao et al., Sec. 3.3): for a parameter with ``ndim >= 3`` (a conv kernel
+``[out, in, *kernel]``), ``D`` is replaced by its mean over the kernel dimensions
+(the signed mean, as in the paper; its square enters ``v``).
+
+**Closure protocol.** The closure must call ``loss.backward(create_graph=True)`` so
+that the gradients carry their graph; ``step`` differentiates them once more
+(``num_samples`` Hessian-vector products) and then detaches ``p.grad``, which frees
+the graph.  A closure without ``create_graph=True`` raises a ``RuntimeError``
+saying so.  ``update_each = k`` recomputes ``D`` only every ``k`` steps (``v`` is
+then left unchanged in between, as in the reference implementation).
+
+Randomness: ``seed=None`` draws the probes from the global torch generator (one
+``randint`` per parameter, in order); an integer ``seed`` derives the stream from
+``(seed, step)``, so runs are reproducible across ``state_dict`` round trips.
+
+Estimate: ``hessian_diag = D^{(s)}_t`` (flat), the (spatially averaged) diagonal that
+enters ``v_t``; unbiased for diag(H) on parameters with ``ndim <= 2``.  Kept from
+the last Hessian update on steps that skip it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from curvature.optim._common import (
+    Closure,
+    CurvatureOptimizer,
+    flat,
+    hutchinson_diagonal,
+    step_generator,
+)
+
+__all__ = ["AdaHessian"]
+
+
+def spatial_average(d: Tensor) -> Tensor:
+    """Mean of a conv kernel's diagonal over its kernel dims (``ndim >= 3``), broadcast back."""
+    if d.ndim < 3:
+        return d
+    dims = tuple(range(2, d.ndim))
+    return d.mean(dim=dims, keepdim=True).expand_as(d).clone()
+
+
+class AdaHessian(CurvatureOptimizer):
+    """Adam-type optimizer preconditioned by a Hutchinson Hessian diagonal.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: step size.
+        betas: EMA factors of the gradient and of the squared Hessian diagonal.
+        eps: added to the denominator.
+        weight_decay: decoupled (AdamW-style) weight decay.
+        hessian_power: exponent ``k`` in (0, 1] of the RMS Hessian diagonal.
+        update_each: recompute the Hessian diagonal every this many steps.
+        num_samples: Rademacher probes per Hessian estimate.
+        seed: seed of the probe stream (``None``: global torch generator).
+    """
+
+    def __init__(self, params: Any, lr: float = 0.15, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-4, weight_decay: float = 0.0, hessian_power: float = 1.0,
+                 update_each: int = 1, num_samples: int = 1, seed: int | None = None) -> None:
+        self._check_hyper("lr", lr, low=0.0, low_open=True)
+        self._check_hyper("eps", eps, low=0.0)
+        self._check_hyper("weight_decay", weight_decay, low=0.0)
+        self._check_hyper("hessian_power", hessian_power, low=0.0, high=1.0, low_open=True)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"invalid betas={betas!r}: need two values in [0, 1)")
+        if int(update_each) < 1 or int(num_samples) < 1:
+            raise ValueError(f"update_each={update_each!r} and num_samples={num_samples!r} "
+                             "must be positive integers")
+        self.update_each = int(update_each)
+        self.num_samples = int(num_samples)
+        self.seed = seed
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps,
+                                  "weight_decay": weight_decay, "hessian_power": hessian_power})
+
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = self._params()
+        head = self.state[params[0]]
+        t = head.get("step", 0) + 1
+        head["step"] = t
+        if (t - 1) % self.update_each == 0:
+            gen = step_generator(self.seed, t, params[0].device)
+            diag = hutchinson_diagonal(params, self.num_samples, gen, "AdaHessian")
+            diag = [spatial_average(d) for d in diag]
+            for p, d in zip(params, diag):
+                self.state[p]["hessian_diag"] = d
+            fresh = True
+        else:
+            fresh = False
+            for p in params:
+                if p.grad is not None:
+                    p.grad = p.grad.detach()
+        for group in self.param_groups:
+            ps = group["params"]
+            g = self._grads(ps)
+            for p in ps:
+                s = self.state[p]
+                if "exp_avg" not in s:
+                    s["exp_avg"] = torch.zeros_like(p)
+                    s["exp_hessian_diag_sq"] = torch.zeros_like(p)
+            m = [self.state[p]["exp_avg"] for p in ps]
+            v = [self.state[p]["exp_hessian_diag_sq"] for p in ps]
+            b1, b2 = group["betas"]
+            torch._foreach_lerp_(m, g, 1.0 - b1)
+            if fresh:
+                d = [self.state[p]["hessian_diag"] for p in ps]
+                torch._foreach_mul_(v, b2)
+                torch._foreach_addcmul_(v, d, d, value=1.0 - b2)
+            bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
+            denom = torch._foreach_div(v, bc2)
+            torch._foreach_pow_(denom, group["hessian_power"] / 2.0)
+            torch._foreach_add_(denom, group["eps"])
+            if group["weight_decay"] != 0:
+                torch._foreach_mul_(ps, 1.0 - group["lr"] * group["weight_decay"])
+            torch._foreach_addcdiv_(ps, m, denom, value=-group["lr"] / bc1)
+        self.estimates = {"hessian_diag": flat([self.state[p]["hessian_diag"] for p in params])}
+        return loss
