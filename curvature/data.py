@@ -45,7 +45,7 @@ import math
 import os
 import pickle
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,17 @@ class Dataset:
         if self.task == "classification":
             return int(self.num_classes)  # type: ignore[arg-type]
         return int(self.y_train.shape[1])
+
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> Dataset:
+        """A copy on ``device`` with floating tensors (inputs, regression targets) cast
+        to ``dtype`` -- e.g. ``ds.to(dtype=torch.float64)`` for ground-truth checks.
+        Class indices stay ``int64``."""
+
+        def move(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+
+        return replace(self, x_train=move(self.x_train), y_train=move(self.y_train),
+                       x_test=move(self.x_test), y_test=move(self.y_test))
 
     def loss_fn(self) -> nn.Module:
         """Mean cross-entropy for classification, mean squared error for regression."""
@@ -213,7 +224,9 @@ def parse_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
     """The canonical dict of a dataset spec: ``{"name": ..., <every option>: value}``.
 
     Strings: ``"digits"``, ``"synthetic-classification:n_train=256,d=10,classes=3"``,
-    ``"cifar10:/data/cifar,n_train=1000"``, ``"runs/data.npz"`` or ``"npz:runs/data.npz"``.
+    ``"cifar10:/data/cifar,n_train=1000"``, ``"runs/data.npz,n_train=100"`` or
+    ``"npz:runs/data.npz"``. Values are read as None/booleans/integers/floats where they
+    parse as such, else strings; a path with ``,`` or ``=`` in it needs the dict form.
     Paths are made absolute so the spec stays valid from another working directory.
 
     Raises:
@@ -230,7 +243,7 @@ def parse_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
         text = spec.strip()
         if ":" in text and text.split(":", 1)[0] in DATASETS:
             name, rest = text.split(":", 1)
-        elif text.endswith(".npz"):
+        elif text.split(",", 1)[0].endswith(".npz"):
             name, rest = "npz", text
         else:
             name, rest = text, ""
@@ -268,8 +281,15 @@ def parse_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
     for key in ("seed",):
         if isinstance(out[key], bool) or not isinstance(out[key], int):
             raise ValueError(f"dataset option {key} must be an integer, got {out[key]!r}")
+    for key in ("separation", "noise"):
+        v = out.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+            raise ValueError(f"dataset option {key} must be a non-negative number, got {v!r}")
+    if not isinstance(out.get("normalize", True), bool):
+        raise ValueError(f"dataset option normalize must be true or false, got {out['normalize']!r}")
+    sizes_required = name.startswith("synthetic")
     for key in ("n_train", "n_test", "d", "classes", "outputs", "hidden", "channels", "size"):
-        if key in out and out[key] is not None:
+        if key in out and (out[key] is not None or sizes_required):
             v = out[key]
             if isinstance(v, bool) or not isinstance(v, int) or v < (key != "n_test"):
                 raise ValueError(

@@ -59,6 +59,10 @@ def test_synthetic_shapes_dtypes_and_seeding(spec, shape, classes):
     assert _same(load_dataset(spec2), ds)
     assert load_dataset(spec2).spec == ds.spec
     assert not _same(load_dataset({**spec2, "seed": 1}), ds)
+    d64 = ds.to(dtype=torch.float64)
+    assert d64.x_train.dtype == torch.float64 and d64.spec == ds.spec
+    assert d64.y_train.dtype == (torch.float64 if classes is None else torch.int64)
+    torch.testing.assert_close(d64.x_test.float(), ds.x_test, rtol=0, atol=0)
 
 
 def test_synthetic_classification_is_a_learnable_mixture():
@@ -179,6 +183,7 @@ def test_spec_parsing():
     assert parse_spec("cifar10:/data/c10,n_train=10")["root"] == "/data/c10"
     assert parse_spec("runs/x.npz")["path"] == os.path.abspath("runs/x.npz")
     assert parse_spec("npz:runs/x.npz,task=regression")["task"] == "regression"
+    assert parse_spec("runs/x.npz,n_train=7")["n_train"] == 7
     assert set(DATASETS) >= {"digits", "digits-image", "synthetic-classification",
                              "synthetic-regression", "synthetic-image", "npz", "cifar10"}
 
@@ -192,6 +197,9 @@ def test_spec_parsing():
         ("digits:n_train=-3", "n_train must be a positive integer"),
         ("synthetic-image:size=2.5", "size must be a positive integer"),
         ("digits:seed=abc", "seed must be an integer"),
+        ("synthetic-regression:noise=-1", "noise must be a non-negative number"),
+        ("synthetic-image:n_train=none", "n_train must be a positive integer"),
+        ("cifar10:/x,normalize=1", "normalize must be true or false"),
         ({"seed": 1}, "needs a 'name' key"),
         ("cifar10", "needs option 'root'"),
         ("", "non-empty string"),
