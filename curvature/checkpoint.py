@@ -236,7 +236,7 @@ def save_checkpoint(
     }
     # clone: contiguous, CPU, and no shared storage (safetensors refuses tied tensors)
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    header["state_dict_sha256"] = _digest(state)
+    header["sha256"] = _digest(state, header)
     if path.suffix == ".safetensors":
         from safetensors.torch import save
 
@@ -247,10 +247,13 @@ def save_checkpoint(
     return path
 
 
-def _digest(state: Mapping[str, Tensor]) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of the tensors (sorted by name):
-    neither format checks the integrity of tensor data, so the header carries this."""
+def _digest(state: Mapping[str, Tensor], header: Mapping[str, Any]) -> str:
+    """SHA-256 over the header (canonical JSON, without this digest) and the names,
+    dtypes, shapes and bytes of the tensors (sorted by name): neither format checks the
+    integrity of tensor data, so the header carries this."""
     h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in header.items() if k != "sha256"}, sort_keys=True)
+             .encode())
     for name in sorted(state):
         t = state[name].detach().to("cpu").contiguous()
         h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
@@ -290,11 +293,12 @@ def _read_torch(path: Path, map_location: Any) -> Any:
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(
-            f"{path}: refused to load: the file contains objects other than tensors and "
-            f"plain containers (loading it would execute code from the file). {first}"
+            f"{path}: refused to load: the file holds objects a weights-only load refuses "
+            f"(anything but tensors and plain containers; unpickling them could execute "
+            f"code from the file). {first}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError,
-            struct.error, UnicodeDecodeError, AttributeError, TypeError) as e:
+    except Exception as e:  # whatever a damaged zip or pickle stream raises
+
         raise CheckpointError(
             f"{path}: corrupt or truncated torch checkpoint ({type(e).__name__}: "
             f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no details'})"
@@ -327,10 +331,10 @@ def _is_state_dict(obj: Any) -> bool:
 def _parse(path: Path, fmt: str, payload: Any) -> tuple[dict[str, Tensor], dict | None]:
     """``(state_dict, header or None for a bare state dict)``; verifies the checksum."""
     state, header = _split(path, fmt, payload)
-    digest = header.get("state_dict_sha256") if header else None
-    if digest is not None and digest != _digest(state):
+    digest = header.get("sha256") if header else None
+    if digest is not None and digest != _digest(state, header):
         raise CheckpointError(
-            f"{path}: corrupt checkpoint: the tensors do not match the SHA-256 checksum "
+            f"{path}: corrupt checkpoint: its contents do not match the SHA-256 checksum "
             f"recorded when it was saved"
         )
     return state, header

@@ -145,6 +145,14 @@ def test_tied_weights_and_transformer_round_trip(tmp_path, suffix):
     assert torch.equal(load_checkpoint(p2).model(x), tied.eval()(x))
 
 
+def _unchecked(path):
+    """The raw dict of a .pt checkpoint without its checksum (optional), to craft
+    edited files from it."""
+    raw = torch.load(path, weights_only=True)
+    assert len(raw.pop("sha256")) == 64
+    return raw
+
+
 def _load_state(path):
     if str(path).endswith(".safetensors"):
         return load_file(path)
@@ -294,13 +302,22 @@ def test_not_a_checkpoint_objects(tmp_path):
         load_checkpoint(p)
     model, kwargs = _trained_cnn()
     save_checkpoint(p, model, factory="cnn", factory_kwargs=kwargs)
-    raw = torch.load(p, weights_only=True)
+    raw = _unchecked(p)
     torch.save({**raw, "format_version": 99}, p)
     with pytest.raises(CheckpointError, match="format version 99 is not supported"):
         load_checkpoint(p)
     torch.save({**raw, "state_dict": [1]}, p)
     with pytest.raises(CheckpointError, match="'state_dict' is not name -> tensor"):
         load_checkpoint(p)
+    # an edited header under the original checksum is detected; without one it loads
+    full = torch.load(save_checkpoint(p, model, factory="cnn", factory_kwargs=kwargs,
+                                      metadata={"step": 5}), weights_only=True)
+    torch.save({**full, "metadata": {"step": 6}}, p)
+    with pytest.raises(CheckpointError, match="do not match the SHA-256 checksum"):
+        load_checkpoint(p)
+    full.pop("sha256")
+    torch.save({**full, "metadata": {"step": 6}}, p)
+    assert load_checkpoint(p).metadata == {"step": 6}
 
 
 class _Hostile:
@@ -401,7 +418,7 @@ def test_trusted_modules_for_user_factories(tmp_path, monkeypatch):
     assert torch.equal(ckpt.model(x), model(x))
     # explicit model_factory: the recorded kwargs are used with it
     assert load_checkpoint(p, model_factory="user_nets_ckpt:net").factory_kwargs == {"width": 5}
-    raw = torch.load(p, weights_only=True)
+    raw = _unchecked(p)
     for factory in ("user_nets_ckpt:helper", "user_nets_ckpt:build_model"):
         torch.save({**raw, "factory": factory}, p)
         with pytest.raises(CheckpointError, match="not a model factory defined in its module"):
@@ -411,7 +428,7 @@ def test_trusted_modules_for_user_factories(tmp_path, monkeypatch):
 def test_unknown_recorded_factory(tmp_path):
     model = build_model("mlp")
     p = save_checkpoint(tmp_path / "a.pt", model, factory="mlp")
-    raw = torch.load(p, weights_only=True)
+    raw = _unchecked(p)
     torch.save({**raw, "factory": "no_such_pkg.nets:mlp"}, p)
     with pytest.raises(CheckpointError, match=r"unknown model factory \(recorded in .*"
                                               r"cannot import module 'no_such_pkg.nets'"):
