@@ -468,3 +468,33 @@ def test_state_dict_mismatch_lists_names(tmp_path, suffix):
     assert "missing keys: 3.bias" in msg
     assert "unexpected keys: extra.weight" in msg
     assert "shape mismatches: 1.weight (checkpoint [16, 64], model [32, 64])" in msg
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_damaged_files_fail_cleanly_or_load_exactly(tmp_path, suffix):
+    """Fuzz: truncations and single bit flips anywhere in the file either raise
+    CheckpointError or (flips in bytes that carry nothing) load the exact content."""
+    import random
+
+    model, kwargs = _trained_cnn()
+    meta = {"a": [1, 2, 3], "lr": 0.1}
+    good = save_checkpoint(tmp_path / f"g{suffix}", model, factory="cnn",
+                           factory_kwargs=kwargs, metadata=meta).read_bytes()
+    rng = random.Random(0)
+    blobs = [good[:k] for k in rng.sample(range(1, len(good)), 40)]
+    for _ in range(80):
+        b = bytearray(good)
+        b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        blobs.append(bytes(b))
+    p = tmp_path / f"c{suffix}"
+    errors = 0
+    for blob in blobs:
+        p.write_bytes(blob)
+        try:
+            ckpt = load_checkpoint(p)
+        except CheckpointError:
+            errors += 1
+            continue
+        _assert_same_state(ckpt.model.state_dict(), model.state_dict())
+        assert ckpt.metadata == meta and ckpt.factory_kwargs == kwargs
+    assert errors >= 40  # every truncation at least
