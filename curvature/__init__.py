@@ -1,20 +1,37 @@
 """curvature: Hessian curvature analysis for PyTorch.
 
 One Hessian-vector-product engine (:mod:`curvature.engine`) behind symmetric
-linear operators (:mod:`curvature.operators`) feeds every estimator.
+linear operators (:mod:`curvature.operators`) feeds every estimator: extreme
+eigenvalues (:mod:`curvature.eigen`), trace and diagonal (:mod:`curvature.trace`)
+and the spectral density (:mod:`curvature.density`). Optimizers with exposed
+curvature estimates live in :mod:`curvature.optim`.
 """
 
 from curvature.dense import dense_hessian
-from curvature.engine import NonFiniteLossError
+from curvature.density import SpectralDensity, spectral_density
+from curvature.eigen import eigenvalues
+from curvature.engine import DoubleBackwardError, NonFiniteLossError
 from curvature.operators import CurvatureOperator, DenseOperator, GGNOperator, HessianOperator
+from curvature.results import ConvergenceWarning, DiagonalResult, EigenResult, TraceResult
+from curvature.trace import diagonal, trace
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvergenceWarning",
     "CurvatureOperator",
     "DenseOperator",
+    "DiagonalResult",
+    "DoubleBackwardError",
+    "EigenResult",
     "GGNOperator",
     "HessianOperator",
     "NonFiniteLossError",
+    "SpectralDensity",
+    "TraceResult",
     "dense_hessian",
+    "diagonal",
+    "eigenvalues",
+    "spectral_density",
+    "trace",
 ]
