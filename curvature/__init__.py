@@ -7,6 +7,7 @@ and the spectral density (:mod:`curvature.density`). Optimizers with exposed
 curvature estimates live in :mod:`curvature.optim`.
 """
 
+from curvature.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from curvature.dense import dense_hessian
 from curvature.density import SpectralDensity, spectral_density
 from curvature.eigen import eigenvalues
@@ -18,6 +19,7 @@ from curvature.trace import diagonal, trace
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
     "ConvergenceWarning",
     "CurvatureOperator",
     "DenseOperator",
@@ -31,6 +33,8 @@ __all__ = [
     "TraceResult",
     "dense_hessian",
     "diagonal",
+    "load_checkpoint",
+    "save_checkpoint",
     "eigenvalues",
     "spectral_density",
     "trace",
