@@ -498,3 +498,16 @@ def test_damaged_files_fail_cleanly_or_load_exactly(tmp_path, suffix):
         _assert_same_state(ckpt.model.state_dict(), model.state_dict())
         assert ckpt.metadata == meta and ckpt.factory_kwargs == kwargs
     assert errors >= 40  # every truncation at least
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_map_location_cuda(tmp_path, suffix):
+    model, kwargs = _trained_cnn()
+    path = save_checkpoint(tmp_path / f"a{suffix}", model, factory="cnn", factory_kwargs=kwargs)
+    ckpt = load_checkpoint(path, map_location="cuda")
+    assert all(t.is_cuda for t in ckpt.state_dict.values())
+    assert all(t.is_cuda for t in ckpt.model.state_dict().values())
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(ckpt.model(x.cuda()).cpu(), model.eval()(x))
