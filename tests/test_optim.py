@@ -12,7 +12,19 @@ import curvature.optim as co
 
 # AdaHessian/IRE closures use loss.backward(create_graph=True) by design (the optimizers
 # detach the gradients afterwards, which breaks the cycle torch warns about)
-pytestmark = pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True"),
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is fastest and immune to a loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 SHAPES = [(2, 3), (), (2, 1, 2, 2)]  # matrix, scalar, conv kernel: n = 15
 N = 15
