@@ -45,7 +45,7 @@ import math
 import os
 import pickle
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)
 class Dataset:
     """A train/test split held in memory.
 
@@ -83,10 +83,10 @@ class Dataset:
     task: str
     num_classes: int | None
     input_shape: tuple[int, ...]
-    x_train: Tensor = field(compare=False)
-    y_train: Tensor = field(compare=False)
-    x_test: Tensor = field(compare=False)
-    y_test: Tensor = field(compare=False)
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
 
     @property
     def num_outputs(self) -> int:
