@@ -7,11 +7,19 @@ and the spectral density (:mod:`curvature.density`). Optimizers with exposed
 curvature estimates live in :mod:`curvature.optim`.
 """
 
-from curvature.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from curvature.checkpoint import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    LoadedCheckpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from curvature.data import Dataset, load_dataset
 from curvature.dense import dense_hessian
 from curvature.density import SpectralDensity, spectral_density
 from curvature.eigen import eigenvalues
 from curvature.engine import DoubleBackwardError, NonFiniteLossError
+from curvature.models import MODELS, build_model, count_parameters
 from curvature.operators import CurvatureOperator, DenseOperator, GGNOperator, HessianOperator
 from curvature.results import ConvergenceWarning, DiagonalResult, EigenResult, TraceResult
 from curvature.trace import diagonal, trace
@@ -20,6 +28,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "CheckpointNotFoundError",
+    "Dataset",
+    "LoadedCheckpoint",
+    "MODELS",
     "ConvergenceWarning",
     "CurvatureOperator",
     "DenseOperator",
@@ -31,9 +43,12 @@ __all__ = [
     "NonFiniteLossError",
     "SpectralDensity",
     "TraceResult",
+    "build_model",
+    "count_parameters",
     "dense_hessian",
     "diagonal",
     "load_checkpoint",
+    "load_dataset",
     "save_checkpoint",
     "eigenvalues",
     "spectral_density",
