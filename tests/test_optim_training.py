@@ -99,8 +99,10 @@ def test_trains_digits_full_batch(name, digits):
     n = sum(p.numel() for p in model.parameters())
     closure = make_closure(opt, model, digits, graph)
     for _ in range(300):
+        w_before = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         loss = opt.step(closure)
         assert math.isfinite(float(loss.detach()))
+    assert torch.equal(opt.estimate_params, w_before)  # estimates refer to the pre-step iterate
     acc = accuracy(model, *digits)
     assert acc >= 0.95, f"{name}: training accuracy {acc:.3f}"
     assert set(opt.estimates) == ESTIMATE_KEYS[name]

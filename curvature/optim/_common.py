@@ -8,6 +8,9 @@ Conventions used by every optimizer in :mod:`curvature.optim`:
   laid out as ``torch.cat([p.reshape(-1) for g in opt.param_groups for p in
   g["params"]])``, so they line up with a :class:`curvature.HessianOperator` built on
   the same parameter list.  A parameter without a gradient contributes zeros.
+* ``opt.estimate_params`` is the flat parameter vector ``w_t`` at which the step's
+  estimates were taken (the iterate *before* the update; same layout), so a monitor
+  can evaluate the exact Hessian at that point.
 * All parameters of one optimizer live on one device (checked at construction).
 * ``step(closure)`` follows torch.optim: the closure zeroes the gradients, computes
   the loss, calls ``backward`` and returns the loss; ``step`` returns the loss at the
@@ -88,10 +91,12 @@ class CurvatureOptimizer(Optimizer):
     """
 
     estimates: dict[str, float | Tensor]
+    estimate_params: Tensor | None
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
         self.estimates = {}
+        self.estimate_params = None
         devices = {p.device for p in self._params()}
         if len(devices) > 1:
             raise ValueError(
@@ -100,6 +105,10 @@ class CurvatureOptimizer(Optimizer):
             )
 
     # ------------------------------------------------------------------ helpers
+    def _record_point(self) -> None:
+        """Keep the flat iterate ``w_t`` at which this step's estimates are taken."""
+        self.estimate_params = flat([p.detach() for p in self._params()])
+
     def _params(self) -> list[Tensor]:
         """All parameters, in param_groups order (the layout of flat estimates)."""
         return [p for group in self.param_groups for p in group["params"]]

@@ -59,7 +59,8 @@ class AcceleratedSAM(CurvatureOptimizer):
         eps: floor of ``||h_t||`` (a zero gradient gives a zero step, no NaN).
         model: see :class:`curvature.optim.SAM` (BatchNorm statistics at the ascent point).
 
-    ``lr`` may differ per group; ``||h_t||`` is global (one curvature scale).
+    ``lr``, ``momentum``, ``weight_decay`` and ``eps`` may differ per group; ``rho``,
+    ``beta`` and ``bias_correction`` must not (``h_t`` is one global estimate).
     """
 
     def __init__(self, params: Any, lr: float = 0.5, rho: float = 0.05, beta: float = 0.9,
@@ -77,6 +78,10 @@ class AcceleratedSAM(CurvatureOptimizer):
         super().__init__(params, {"lr": lr, "rho": rho, "beta": beta, "momentum": momentum,
                                   "weight_decay": weight_decay,
                                   "bias_correction": bias_correction, "eps": eps})
+        for key in ("rho", "beta", "bias_correction"):
+            if len({g[key] for g in self.param_groups}) > 1:
+                raise ValueError(f"AcceleratedSAM keeps one global curvature estimate: all "
+                                 f"parameter groups must share {key}")
 
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> Any:  # type: ignore[override]
@@ -86,6 +91,7 @@ class AcceleratedSAM(CurvatureOptimizer):
         params = self._params()
         with torch.enable_grad():
             loss = closure()
+        self._record_point()
         g = self._grads(params, clone=True)
         scale = safe_div(torch.ones_like(global_norm(g)), global_norm(g)) * rho
         e = torch._foreach_mul(g, scale)

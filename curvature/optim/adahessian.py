@@ -99,6 +99,7 @@ class AdaHessian(CurvatureOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._record_point()
         params = self._params()
         head = self.state[params[0]]
         t = head.get("step", 0) + 1

@@ -84,6 +84,7 @@ class ForwardSAM(CurvatureOptimizer):
         closure = self._require_closure(closure, "ForwardSAM")
         with torch.enable_grad():
             loss = closure()
+        self._record_point()
         params = self._params()
         g = self._grads(params, clone=True)
         head = self.state[params[0]]

@@ -89,6 +89,7 @@ class IRE(WrapsBaseOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._record_point()
         params = self._params()
         head = self.state[params[0]]
         t = head.get("ire_step", 0) + 1

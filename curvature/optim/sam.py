@@ -113,6 +113,7 @@ class AlphaSAM(WrapsBaseOptimizer):
         closure = self._require_closure(closure, type(self).__name__)
         with torch.enable_grad():
             loss = closure()
+        self._record_point()
         groups = self.param_groups
         params = [list(g["params"]) for g in groups]
         had_grad = [[p.grad is not None for p in ps] for ps in params]

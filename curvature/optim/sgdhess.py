@@ -71,6 +71,7 @@ class SGDHess(CurvatureOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._record_point()
         variances = []
         for group in self.param_groups:
             ps = group["params"]
@@ -97,5 +98,5 @@ class SGDHess(CurvatureOptimizer):
                 torch._foreach_add_(d, ps, alpha=group["weight_decay"])
             torch._foreach_add_(ps, d, alpha=-group["lr"])
             variances.extend(v)
-        self.estimates = {"noise_variance": flat(variances).clone()}
+        self.estimates = {"noise_variance": flat(variances)}  # cat copies
         return loss

@@ -90,6 +90,7 @@ class _SmoothnessAdaptive(CurvatureOptimizer):
         params = self._params()
         with torch.enable_grad():
             loss = closure()
+        self._record_point()
         g = self._grads(params, clone=True)
         head = self.state[params[0]]
         estimates: dict[str, Any] = {}
