@@ -154,6 +154,7 @@ def lanczos(
                 limit = tol * np.maximum(np.abs(theta[top]), RELATIVE_FLOOR * anorm)
                 if np.all(residuals[top] <= limit) and (
                     block == 0
+                    or full_space  # every eigenvalue is a Ritz value: the ranking is final
                     or _outranks_block(theta[top], T[block : j + 1, block : j + 1], which, limit)
                 ):
                     converged = True
@@ -171,7 +172,7 @@ def lanczos(
                 exhausted = True
                 message = (
                     f"stopped at max_matvecs = {max_matvecs} before all {k} Ritz pairs "
-                    f"reached tol = {tol:g} (largest residual ratio "
+                    f"reached tol = {tol:g} (largest residual / allowed residual = "
                     f"{_worst_ratio(theta, residuals, top, k, anorm, tol):.3g})"
                 )
                 break

@@ -229,8 +229,12 @@ def test_hessian_of_small_model(method):
     model, loss_fn, data = small_problem()
     H = dense_hessian(model, loss_fn, data).numpy()
     eigs = np.linalg.eigvalsh(H)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
     op = HessianOperator(model, loss_fn, data, dtype=torch.float64)
     res = eigenvalues(op, 5, method=method, seed=0, max_matvecs=5000)
+    assert model.training  # the model is left as it was
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert res.converged
     np.testing.assert_allclose(res.values.numpy(), eigs[::-1][:5], rtol=1e-6)
     Ht = torch.tensor(H)
@@ -289,3 +293,22 @@ def test_bad_input(kwargs, err, match):
 def test_not_an_operator():
     with pytest.raises(TypeError, match="CurvatureOperator"):
         eigenvalues(torch.eye(3))
+
+
+def test_progress_bar_can_be_shown(capsys):
+    op, _ = designed(outlier_spectrum(n=60), seed=12)
+    for method in METHODS:
+        res = eigenvalues(op, 1, method=method, seed=0, progress=True)
+        assert res.converged
+    assert "lanczos" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", METHODS)
+def test_runs_on_cuda(method):
+    op, eigs = designed(outlier_spectrum(n=200), seed=13)
+    op = DenseOperator(op.matrix.cuda())
+    res = eigenvalues(op, 3, method=method, seed=0)
+    assert res.converged and res.vectors.device.type == "cuda"
+    np.testing.assert_allclose(res.values.numpy(), truth(eigs, 3, "largest"), rtol=1e-6)
