@@ -247,6 +247,31 @@ def test_hessian_of_small_model(method):
         np.testing.assert_allclose(low.values.numpy(), eigs[:1], rtol=1e-6)
 
 
+def test_lanczos_needs_a_third_of_power_hvps_on_digits_mlp():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X - X.mean(0)) / (X.std(0) + 1e-8)
+    data = (torch.tensor(X[:200]), torch.tensor(y[:200]))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 10)).double()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        F.cross_entropy(model(data[0]), data[1]).backward()
+        opt.step()
+    top3 = np.linalg.eigvalsh(dense_hessian(model, F.cross_entropy, data).numpy())[::-1][:3]
+    op = HessianOperator(model, F.cross_entropy, data)
+    count = {}
+    for method in METHODS:
+        res = eigenvalues(op, 3, method=method, seed=0, tol=1e-6, max_matvecs=3000)
+        assert res.converged
+        np.testing.assert_allclose(res.values.numpy(), top3, rtol=1e-6)
+        count[method] = res.num_matvecs
+    print(f"HVPs for the top 3 at tol 1e-6 (610 parameters): {count}")
+    assert 3 * count["lanczos"] <= count["power"]
+
+
 # ------------------------------------------------------------------ bad input
 class NaNAfter(CurvatureOperator):
     def __init__(self, A: torch.Tensor, after: int) -> None:
