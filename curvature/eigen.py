@@ -22,6 +22,7 @@ __all__ = ["eigenvalues"]
 
 _WHICH = ("largest", "smallest", "magnitude")
 _METHODS = ("lanczos", "power")
+_BASIS_NUMBERS = 2**29
 
 
 def _check_operator(op: object, caller: str) -> int:
@@ -87,7 +88,8 @@ def eigenvalues(
         Show a tqdm bar of the products spent.
     basis_size : int, optional
         Lanczos only: Krylov basis columns kept in memory (``n * (basis_size + 1)``
-        numbers) before a thick restart; default ``min(n, max(2k + 10, k + 30))``.
+        numbers) before a thick restart; default ``min(n, max(2k + 10, k + 30))``,
+        lowered (not below ``k + 10``) to keep the basis under ``2**29`` numbers.
     callback : callable, optional
         ``callback(num_matvecs, values)`` after every product with the current
         estimates of the wanted values (for convergence studies).
@@ -129,7 +131,8 @@ def eigenvalues(
             raise ValueError("basis_size applies to method='lanczos' only")
         return power_iteration(op, k, which, float(tol), max_matvecs, gen, progress, callback)
     if basis_size is None:
-        basis_size = min(n, max(2 * k + 10, k + 30))
+        # At most ~2**29 stored numbers (2 GiB in float32) unless k itself needs more.
+        basis_size = min(n, max(2 * k + 10, k + 30), max(k + 10, _BASIS_NUMBERS // n))
     basis_size = _positive_int(basis_size, "basis_size")
     if not (k < basis_size <= n or basis_size == n):
         raise ValueError(
