@@ -549,3 +549,28 @@ def test_adahessian_spatial_average_of_conv_kernel():
         chi.append((picked - means) ** 2 / (variances / s))
     chi = torch.cat(chi).mean().item()
     assert 0.6 < chi < 1.5, chi
+
+
+def test_wrappers_around_adamw():
+    """The wrappers work with a stateful base optimizer: alpha=0 / k=0 reproduce AdamW, and
+    IRE's k > 0 changes exactly the coordinates it marks flat, by the factor 1 + k."""
+
+    def traj(make, graph=False, steps=5):
+        model, x, y = mlp_problem(5)
+        opt = make(model)
+        return train(model, x, y, opt, steps, graph=graph), opt
+
+    kw = dict(lr=1e-2, weight_decay=1e-2)
+    adamw, _ = traj(lambda m: torch.optim.AdamW(m.parameters(), **kw))
+    a0, _ = traj(lambda m: co.AlphaSAM(m.parameters(), torch.optim.AdamW, alpha=0.0, **kw))
+    i0, _ = traj(lambda m: co.IRE(m.parameters(), torch.optim.AdamW, k=0.0, diag="fisher", **kw))
+    assert torch.equal(a0, adamw) and torch.equal(i0, adamw)
+
+    adamw1, _ = traj(lambda m: torch.optim.AdamW(m.parameters(), **kw), steps=1)
+    ire1, opt = traj(lambda m: co.IRE(m.parameters(), torch.optim.AdamW, k=3.0, seed=0, **kw),
+                     graph=True, steps=1)
+    start = opt.estimate_params
+    mask = torch.cat([opt.state[p]["ire_mask"].reshape(-1) for p in opt._params()]).bool()
+    assert 0 < mask.sum() < mask.numel()
+    torch.testing.assert_close(ire1[0] - start, (adamw1[0] - start) * (1 + 3.0 * mask),
+                               rtol=1e-12, atol=1e-15)

@@ -4,8 +4,23 @@ Every optimizer is a ``torch.optim.Optimizer`` with the closure protocol
 (``loss = opt.step(closure)``) and, after each step, ``opt.estimates``: a dict of the
 method's internal curvature estimates (keys ``lambda_max``, ``smoothness``, ``hvp``,
 ``hvp_direction``, ``hessian_diag``, ``noise_variance``, ``smoothness_direction``;
-floats for scalars, flat tensors in param_groups order for vectors).  See
+floats for scalars, flat tensors in param_groups order for vectors), and
+``opt.estimate_params``, the flat iterate at which they were taken.  See
 :mod:`curvature.optim._common` for the conventions.
+
+=================  =====================================  ===============================
+class              gradients per step                     estimates
+=================  =====================================  ===============================
+SAM / AlphaSAM     2                                      hvp, hvp_direction, lambda_max
+AcceleratedSAM     2                                      hvp, hvp_direction, lambda_max
+ForwardSAM         1                                      hvp, hvp_direction, lambda_max
+SASGD              2 (1 with same_batch_secant=False)     smoothness, smoothness_direction
+SASAM              3 (2 with same_batch_secant=False)     smoothness, smoothness_direction,
+                                                          hvp, hvp_direction, lambda_max
+SGDHess            1                                      noise_variance
+AdaHessian         1 with create_graph + 1 HVP            hessian_diag
+IRE                1 (+ 1 HVP with diag="hutchinson")     hessian_diag
+=================  =====================================  ===============================
 """
 
 from curvature.optim._common import CurvatureOptimizer, disable_running_stats

@@ -73,6 +73,17 @@ class AdaHessian(CurvatureOptimizer):
         update_each: recompute the Hessian diagonal every this many steps.
         num_samples: Rademacher probes per Hessian estimate.
         seed: seed of the probe stream (``None``: global torch generator).
+
+    Example::
+
+        opt = AdaHessian(model.parameters(), lr=0.15, seed=0)
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward(create_graph=True)   # AdaHessian differentiates the gradient
+            return loss
+        loss = opt.step(closure)
+        opt.estimates["hessian_diag"]          # Tensor[n], E = diag(H)
     """
 
     def __init__(self, params: Any, lr: float = 0.15, betas: tuple[float, float] = (0.9, 0.999),

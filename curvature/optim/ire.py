@@ -58,6 +58,16 @@ class IRE(WrapsBaseOptimizer):
         update_each: refresh the estimate and the mask every this many steps.
         num_samples: Rademacher probes per Hutchinson estimate.
         seed: seed of the probe stream (``None``: global torch generator).
+
+    Example::
+
+        opt = IRE(model.parameters(), torch.optim.SGD, k=2.0, lr=0.1, momentum=0.9)
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward(create_graph=True)   # not needed with diag="fisher"
+            return loss
+        loss = opt.step(closure)
     """
 
     def __init__(self, params: Any, base_optimizer: type[Optimizer], k: float = 2.0,

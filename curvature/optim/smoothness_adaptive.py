@@ -31,7 +31,9 @@ Estimates (from step 1 on): ``smoothness = L_t`` (float) and
 ``smoothness_direction = w_t - w_{t-1}`` (flat ``dw``; the exact secant is
 ``||H dw|| / ||dw||``).  SA-SAM also gives the SAM-pair estimates ``hvp``,
 ``hvp_direction``, ``lambda_max`` (see :mod:`curvature.optim.sam`) on every step.
-The adaptive step is ``opt.step_size``.
+The adaptive step is ``opt.step_size``.  ``eta_t`` and ``theta_t`` stay on the
+device (0-d tensors in the state of the first parameter, as torch.optim.LBFGS keeps
+its global state); the scalar estimates are read back with one host sync per step.
 """
 
 from __future__ import annotations
@@ -94,9 +96,12 @@ class _SmoothnessAdaptive(CurvatureOptimizer):
         g = self._grads(params, clone=True)
         head = self.state[params[0]]
         estimates: dict[str, Any] = {}
+        scalars: dict[str, torch.Tensor] = {}  # read back together: one host sync per step
+        ref = params[0]
         if "eta" not in head:  # step 0: eta_0 = lr, theta_0 = +inf
-            eta = float(self.param_groups[0]["lr"])
-            theta = math.inf
+            eta = torch.tensor(float(self.param_groups[0]["lr"]), dtype=ref.dtype,
+                               device=ref.device)
+            theta = torch.full_like(eta, math.inf)
         else:
             prev_w = [self.state[p]["prev_param"] for p in params]
             if self.param_groups[0]["same_batch_secant"]:
@@ -105,30 +110,27 @@ class _SmoothnessAdaptive(CurvatureOptimizer):
                 g_prev = [self.state[p]["prev_grad"] for p in params]
             dw = torch._foreach_sub(params, prev_w)
             dg = torch._foreach_sub(g, g_prev)
-            dw_norm, dg_norm = global_norm(dw), global_norm(dg)
-            smooth = float(safe_div(dg_norm, dw_norm))  # the one host sync
-            eta_prev, theta_prev = float(head["eta"]), float(head["theta"])
-            bound1 = math.inf if smooth == 0.0 else 1.0 / (2.0 * smooth)
-            bound2 = math.sqrt(1.0 + theta_prev) * eta_prev
-            eta = min(bound1, bound2)
-            if math.isinf(eta):
-                eta = eta_prev
+            smooth = safe_div(global_norm(dg), global_norm(dw))  # 0 if dw = 0 (then dg = 0)
+            eta_prev, theta_prev = head["eta"], head["theta"]
+            bound1 = torch.where(smooth > 0, 0.5 / smooth, math.inf)
+            bound2 = torch.sqrt(1.0 + theta_prev) * eta_prev
+            eta = torch.minimum(bound1, bound2)
+            eta = torch.where(torch.isinf(eta), eta_prev, eta)  # both bounds infinite
             theta = eta / eta_prev
-            estimates["smoothness"] = smooth
+            scalars["smoothness"] = smooth
             estimates["smoothness_direction"] = flat(dw)
 
         descent = g
         if self._sam:
-            rho = math.sqrt(eta)
             gn = global_norm(g)
-            e = torch._foreach_mul(g, safe_div(torch.ones_like(gn), gn) * rho)
+            e = torch._foreach_mul(g, safe_div(torch.sqrt(eta), gn))  # rho_t = sqrt(eta_t)
             g_adv = self._eval_at(params, torch._foreach_add(params, e), closure)
             e_flat = flat(e)
             e_norm = torch.linalg.vector_norm(e_flat)
             hvp = safe_div(flat(g_adv) - flat(g), e_norm)
             estimates["hvp"] = hvp
             estimates["hvp_direction"] = safe_div(e_flat, e_norm)
-            estimates["lambda_max"] = float(torch.linalg.vector_norm(hvp))
+            scalars["lambda_max"] = torch.linalg.vector_norm(hvp)
             descent = g_adv
 
         for p, gp in zip(params, g):
@@ -145,7 +147,9 @@ class _SmoothnessAdaptive(CurvatureOptimizer):
             i += len(ps)
             if group["weight_decay"] != 0:
                 d = torch._foreach_add(d, ps, alpha=group["weight_decay"])
-            torch._foreach_add_(ps, d, alpha=-eta)
+            torch._foreach_add_(ps, torch._foreach_mul(d, -eta))
+        if scalars:
+            estimates.update(zip(scalars, torch.stack(list(scalars.values())).tolist()))
         self.estimates = estimates
         return loss
 
