@@ -87,7 +87,9 @@ class AlphaSAM(WrapsBaseOptimizer):
             updated by the pass at ``w``.
 
     ``step(closure)`` calls the closure twice (at ``w`` and ``w + e``) and returns the
-    loss at ``w``.  Estimates: ``hvp``, ``hvp_direction`` (flat), ``lambda_max`` (float).
+    loss at ``w``; both calls must use the same batch (with dropout the two masks
+    differ, and ``hvp`` then carries that difference too).  Estimates: ``hvp``,
+    ``hvp_direction`` (flat), ``lambda_max`` (float).
     """
 
     def __init__(self, params: Any, base_optimizer: type[Optimizer], rho: float = 0.05,

@@ -48,14 +48,17 @@ class SGDHess(CurvatureOptimizer):
         params: parameters or parameter groups.
         lr: step size (> 0).
         rho: strength of the multiplicative noise scaling (>= 0; 0 is SGD).
-            ``rho * v`` is dimensionless, so ``rho`` scales like 1 / gradient^2.
+            ``rho * v`` is dimensionless, so ``rho`` scales like 1 / gradient^2; pick
+            it from the scale of ``opt.estimates["noise_variance"]``.  The default
+            1000 gives ``rho * v`` ~ 0.01 (median) to 0.1 (max) for a 64-32-10 MLP on
+            standardised digits with batches of 64.
         betas: ``(beta_1, beta_2)`` of the mean / noise-mean and of the variance EMA.
         weight_decay: L2 coefficient added to the update.
 
     One closure call per step.
     """
 
-    def __init__(self, params: Any, lr: float = 0.1, rho: float = 100.0,
+    def __init__(self, params: Any, lr: float = 0.1, rho: float = 1000.0,
                  betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0) -> None:
         self._check_hyper("lr", lr, low=0.0, low_open=True)
         self._check_hyper("rho", rho, low=0.0)
