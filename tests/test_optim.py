@@ -574,3 +574,38 @@ def test_wrappers_around_adamw():
     assert 0 < mask.sum() < mask.numel()
     torch.testing.assert_close(ire1[0] - start, (adamw1[0] - start) * (1 + 3.0 * mask),
                                rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["SAM", "AcceleratedSAM", "ForwardSAM", "SASGD"])
+def test_estimates_line_up_with_hessian_operator(name):
+    """The flat estimates use the layout of a HessianOperator built on the optimizer's
+    parameter list (param_groups order, here different from model order), evaluated at
+    ``opt.estimate_params``: finite-difference estimates agree to O(step)."""
+    import curvature as cv
+
+    model, x, y = mlp_problem(6)
+    groups = [{"params": list(model[2].parameters())}, {"params": list(model[0].parameters())}]
+    make = {
+        "SAM": lambda: co.SAM(groups, torch.optim.SGD, rho=1e-4, lr=0.1),
+        "AcceleratedSAM": lambda: co.AcceleratedSAM(groups, rho=1e-4),
+        "ForwardSAM": lambda: co.ForwardSAM(groups, lr=1e-3),
+        "SASGD": lambda: co.SASGD(groups, lr=1e-3, same_batch_secant=False),
+    }
+    opt = make[name]()
+    train(model, x, y, opt, 3)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    est = opt.estimates
+    point = opt.estimate_params
+    if name == "SASGD":  # a secant between w_{t-1} and w_t: H at the midpoint, to O(dw^2)
+        point = point - est["smoothness_direction"] / 2
+    torch.nn.utils.vector_to_parameters(point, params)
+    op = cv.HessianOperator(model, nn.functional.cross_entropy, (x, y), params=params)
+    if "hvp" in est:
+        exact = op.matvec(est["hvp_direction"])
+        assert ((est["hvp"] - exact).norm() / exact.norm()).item() < 1e-2
+        if name != "AcceleratedSAM":  # whose lambda_max is the EMA ||h_t||, not this pair's
+            assert est["lambda_max"] == pytest.approx(exact.norm().item(), rel=1e-2)
+    else:
+        dw = est["smoothness_direction"]
+        secant = (op.matvec(dw).norm() / dw.norm()).item()
+        assert est["smoothness"] == pytest.approx(secant, rel=1e-2)
