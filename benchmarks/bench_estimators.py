@@ -268,6 +268,21 @@ def section_pyhessian(model, data, eigs: np.ndarray, repeats: int) -> None:
         w1_d = wasserstein_distance(sd10.nodes.reshape(-1).numpy(), eigs, sd10.weights.reshape(-1).numpy())
         rows.append(("density 80x10", t_ph, n_ph, f"W1 {w1_ph:.2e}", t_d, n_d, f"W1 {w1_d:.2e}"))
 
+    # Cost of one product, which bounds every sequential method.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using backward")
+        h = pyhessian.hessian(copy.deepcopy(model), crit, data=data, cuda=False)
+        v = [torch.randn_like(p) for p in h.params]
+        hvp = sys.modules["pyhessian.hessian"].hessian_vector_product
+        t_ph1, _ = median_time(lambda: hvp(h.gradsH, h.params, v), 20)
+    op = HessianOperator(model, F.cross_entropy, data)
+    V = torch.randn(op.shape[0], 10)
+    op.matmat(V)
+    t_mv, _ = median_time(lambda: op.matvec(V[:, 0].contiguous()), 20)
+    t_mm, _ = median_time(lambda: op.matmat(V), 20)
+    rows.append(("one HVP [ms]", 1e3 * t_ph1, 1, "-", 1e3 * t_mv, 1,
+                 f"matmat(10): {1e3 * t_mm / 10:.2f} ms/col"))
+
     print("\n== PyHessian 0.1 vs curvature (float32, full batch; wall time includes set-up) ==")
     print(f"{'task':22} {'PyH s':>8} {'PyH HVP':>8} {'PyH error':>22} | {'ours s':>8} "
           f"{'HVP':>5} {'our error':>28} | {'speed-up':>8}")

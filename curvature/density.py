@@ -213,15 +213,15 @@ def _block_lanczos_tridiagonals(
     anorm = np.zeros(b)
     for j in range(m):
         Q[:, j] = v
-        w = op.matmat(v.T.contiguous()).T.unsqueeze(2)  # [b, n, 1]
+        w = op.matmat(v.T.contiguous()).T  # [b, n]
         bar.update(b)
-        Qj = Q[:, : j + 1]  # [b, j+1, n]
-        h = torch.bmm(Qj, w)
-        w = w - torch.bmm(Qj.transpose(1, 2), h)
-        h2 = torch.bmm(Qj, w)
-        w = w - torch.bmm(Qj.transpose(1, 2), h2)
+        Qj = Q[:, : j + 1]  # [b, j+1, n]; both products below read it in its own layout
+        h = torch.bmm(Qj, w.unsqueeze(2))  # [b, j+1, 1]
+        w = w - torch.bmm(h.transpose(1, 2), Qj).squeeze(1)
+        h2 = torch.bmm(Qj, w.unsqueeze(2))
+        w = w - torch.bmm(h2.transpose(1, 2), Qj).squeeze(1)
         a_t = (h + h2)[:, j, 0]
-        b_t = torch.linalg.vector_norm(w[:, :, 0], dim=1)
+        b_t = torch.linalg.vector_norm(w, dim=1)
         scalars = torch.stack([a_t, b_t]).to("cpu", torch.float64).numpy()  # one host sync
         if not np.isfinite(scalars).all():
             bad = int(np.nonzero(~np.isfinite(scalars).all(0))[0][0])
@@ -235,15 +235,14 @@ def _block_lanczos_tridiagonals(
         anorm = np.maximum(anorm, np.abs(scalars[0]) + scalars[1])
         bj = scalars[1]
         dead = bj <= 10 * eps * np.maximum(anorm, np.finfo(float).tiny) * math.sqrt(j + 1)
-        v = (w[:, :, 0] / b_t.clamp_min(torch.finfo(dtype).tiny)[:, None])
+        v = w / b_t.clamp_min(torch.finfo(dtype).tiny)[:, None]
         if dead.any():
             # Invariant Krylov space: restart that probe with a random orthogonal vector.
             idx = torch.as_tensor(np.nonzero(dead)[0], device=device)
-            r = gaussian(n, len(idx), gen, dtype, device).T.unsqueeze(2)
+            r = gaussian(n, len(idx), gen, dtype, device).T  # [d, n]
             Qd = Q[idx, : j + 1]
             for _ in range(2):
-                r = r - torch.bmm(Qd.transpose(1, 2), torch.bmm(Qd, r))
-            r = r[:, :, 0]
+                r = r - torch.bmm(torch.bmm(Qd, r.unsqueeze(2)).transpose(1, 2), Qd).squeeze(1)
             v[idx] = r / torch.linalg.vector_norm(r, dim=1, keepdim=True)
             bj = np.where(dead, 0.0, bj)
         beta[:, j] = bj
