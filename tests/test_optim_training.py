@@ -296,6 +296,10 @@ def test_bad_input_is_reported():
         co.SAM(p, SGD(p, lr=0.1))
     with pytest.raises(ValueError, match="rho"):
         co.AcceleratedSAM(p, rho=0.0)
+    with pytest.raises(ValueError, match="lr=nan"):
+        co.ForwardSAM(p, lr=float("nan"))
+    with pytest.raises(ValueError, match="rho=inf"):
+        co.SAM(p, SGD, rho=float("inf"), lr=0.1)
     with pytest.raises(ValueError, match="betas"):
         co.SGDHess(p, betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="hessian_power"):

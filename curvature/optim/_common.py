@@ -20,6 +20,7 @@ Conventions used by every optimizer in :mod:`curvature.optim`:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -142,14 +143,16 @@ class CurvatureOptimizer(Optimizer):
     @staticmethod
     def _check_hyper(name: str, value: float, *, low: float | None = None,
                      high: float | None = None, low_open: bool = False) -> None:
-        bad = (low is not None and (value <= low if low_open else value < low)) or (
-            high is not None and value > high
+        bad = not math.isfinite(value) or (
+            (low is not None and (value <= low if low_open else value < low))
+            or (high is not None and value > high)
         )
         if bad:
             lo = "-inf" if low is None else f"{low}"
             hi = "inf" if high is None else f"{high}"
             bracket = "(" if low_open else "["
-            raise ValueError(f"invalid {name}={value!r}: must lie in {bracket}{lo}, {hi}]")
+            raise ValueError(f"invalid {name}={value!r}: must be finite and lie in "
+                             f"{bracket}{lo}, {hi}]")
 
 
 class WrapsBaseOptimizer(CurvatureOptimizer):

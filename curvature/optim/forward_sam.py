@@ -73,8 +73,7 @@ class ForwardSAM(CurvatureOptimizer):
         self._check_hyper("lr", lr, low=0.0, low_open=True)
         self._check_hyper("momentum", momentum, low=0.0)
         self._check_hyper("weight_decay", weight_decay, low=0.0)
-        if not torch.isfinite(torch.tensor(float(alpha))):
-            raise ValueError(f"invalid alpha={alpha!r}: must be finite")
+        self._check_hyper("alpha", float(alpha))
         super().__init__(params, {"lr": lr, "alpha": float(alpha), "momentum": momentum,
                                   "weight_decay": weight_decay,
                                   "same_batch_pairs": bool(same_batch_pairs)})

@@ -96,9 +96,8 @@ class AlphaSAM(WrapsBaseOptimizer):
                  alpha: float = 1.0, adaptive: bool = False, *, model: nn.Module | None = None,
                  **kwargs: Any) -> None:
         rho, alpha = float(rho), float(alpha)
-        for name, v in (("rho", rho), ("alpha", alpha)):
-            if not torch.isfinite(torch.tensor(v)):
-                raise ValueError(f"invalid {name}={v!r}: must be finite")
+        self._check_hyper("rho", rho)
+        self._check_hyper("alpha", alpha)
         self.model = model
         super().__init__(params, base_optimizer,
                          {"rho": rho, "alpha": alpha, "adaptive": bool(adaptive)}, kwargs)
