@@ -1006,11 +1006,11 @@ def compare(
                 ref = np.nanmax(np.abs(mat), axis=0)
                 ref[~(ref > 0)] = 1.0
                 fig, ax = plt.subplots(figsize=(1.6 + 1.0 * len(metric_cols), 1.2 + 0.5 * len(rows)))
+                text = [[_fmt(float(v), 3) if np.isfinite(v) else "–" for v in row]
+                        for row in mat]
                 plots.plot_heatmap(mat / ref, labels, metric_cols, ax=ax, log=False,
-                                   cbar_label="value / column max |value|",
+                                   cbar_label="value / column max |value|", cell_text=text,
                                    title="Metrics relative to the largest run")
-                for (i, j), v in np.ndenumerate(mat):
-                    ax.texts[i * len(metric_cols) + j].set_text(_fmt(float(v), 3))
                 plots.save_figure(fig, tmp / "metrics.png")
                 figs.append(("metrics.png", "Metrics of each run (cells: values; colours: "
                              "value divided by the column's largest magnitude)."))

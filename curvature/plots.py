@@ -284,9 +284,14 @@ def plot_heatmap(
     fmt: str = "{:.3g}",
     cmap: str = "viridis",
     title: str | None = None,
+    cell_text: Sequence[Sequence[str]] | None = None,
 ):
     """A labelled heatmap with a colour bar; logarithmic colours when the (positive)
-    values span more than two decades (``log=None``) or when ``log=True``."""
+    values span more than two decades (``log=None``) or when ``log=True``.
+
+    Cells are annotated with ``fmt`` of their value, or with ``cell_text[i][j]`` when
+    given (e.g. raw values when the colours show normalised ones). NaN cells are
+    left blank in colour."""
     ax = _axes(ax, figsize=(1.0 + 0.75 * len(col_labels), 1.0 + 0.45 * len(row_labels)))
     m = np.asarray(matrix, dtype=np.float64)
     finite = m[np.isfinite(m)]
@@ -302,9 +307,10 @@ def plot_heatmap(
     if annotate and m.size <= 400:
         mid = np.nanmedian(finite) if finite.size else 0.0
         for (i, j), v in np.ndenumerate(m):
-            if np.isfinite(v):
-                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7,
-                        color="white" if v < mid else "black")
+            text = cell_text[i][j] if cell_text is not None else (
+                fmt.format(v) if np.isfinite(v) else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="white" if np.isfinite(v) and v < mid else "black")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

@@ -1,0 +1,313 @@
+"""End-to-end tests of the ``curvature`` command (subprocesses, as a user runs it).
+
+One small SAM run on a digits subset is trained once per module and shared. Every
+number the CLI reports is checked against an independent ground truth: eigenvalues
+and trace against the eigendecomposition of the dense float64 Hessian
+(``cv.dense_hessian`` + ``torch.linalg.eigvalsh``), losses against a direct forward
+pass. Every kind of bad input must exit with status 2, one line on stderr naming the
+problem, no traceback, and nothing written under ``--out``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import curvature as cv
+from curvature.checkpoint import load_checkpoint
+from curvature.data import load_dataset
+from curvature.pipeline import make_loss
+
+DATA = "digits:n_train=160,n_test=80"
+HIDDEN = [8]
+N_PARAMS = 64 * 8 + 8 + 8 * 10 + 10
+SMALL = ["--top-k", "3", "--trace-matvecs", "24", "--density-probes", "2",
+         "--density-steps", "16", "--landscape-points", "5", "--landscape-grid", "3"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run(*args: str, env_extra: dict[str, str] | None = None, cwd: Path | None = None):
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "curvature.cli", *args],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=300,
+    )
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+
+
+def dense_spectrum(model: torch.nn.Module, loss: str, x: torch.Tensor, y: torch.Tensor):
+    H = cv.dense_hessian(model, make_loss(loss), (x, y))
+    return torch.linalg.eigvalsh(H)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "run"
+    proc = run("train", "--model", "mlp", "--model-kwargs", json.dumps({"hidden": HIDDEN}),
+               "--data", DATA, "--optimizer", "sam", "--rho", "0.05", "--lr", "0.2",
+               "--momentum", "0.9", "--steps", "30", "--batch-size", "32",
+               "--save-at", "10,20", "--seed", "3", "--out", str(out), "-q")
+    assert_ok(proc)
+    return out
+
+
+@pytest.fixture(scope="module")
+def analysed(trained, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("analyze") / "final"
+    assert_ok(run("analyze", str(trained / "final.pt"), "--out", str(out), "-q", *SMALL))
+    return out
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def test_train_writes_checkpoints_with_everything_needed(trained):
+    files = sorted(p.name for p in trained.iterdir())
+    assert files == ["evaluations.csv", "final.pt", "history.csv", "step_000010.pt",
+                     "step_000020.pt", "train.json"]
+    history = pd.read_csv(trained / "history.csv")
+    assert history["step"].tolist() == list(range(1, 31))
+    assert "lambda_max" in history  # SAM's own estimate is logged every step
+    ckpt = load_checkpoint(trained / "final.pt")
+    meta = ckpt.metadata
+    assert ckpt.factory == "curvature.models:mlp"
+    assert ckpt.factory_kwargs == {"in_features": 64, "num_classes": 10, "hidden": HIDDEN}
+    assert ckpt.data_spec == load_dataset(DATA).spec
+    assert meta["optimizer"] == "sam" and meta["step"] == 30 and meta["seed"] == 3
+    assert meta["hyperparameters"]["rho"] == 0.05 and meta["hyperparameters"]["lr"] == 0.2
+    assert meta["hyperparameters"]["momentum"] == 0.9
+    # the recorded metrics are those of the saved weights (independent forward pass)
+    ds = load_dataset(DATA)
+    with torch.no_grad():
+        out = ckpt.model(ds.x_test)
+        test_loss = float(torch.nn.functional.cross_entropy(out, ds.y_test))
+        test_acc = float((out.argmax(1) == ds.y_test).double().mean())
+    assert meta["test_loss"] == pytest.approx(test_loss, rel=1e-5)
+    assert meta["test_accuracy"] == pytest.approx(test_acc)
+    assert meta["train_accuracy"] > 0.5  # it learned something in 30 steps
+    early = load_checkpoint(trained / "step_000010.pt")
+    assert early.metadata["step"] == 10
+    assert not torch.equal(early.state_dict["1.weight"], ckpt.state_dict["1.weight"])
+
+
+# --------------------------------------------------------------------------- analyze
+
+
+def test_analyze_matches_dense_hessian(trained, analysed):
+    files = {p.name for p in analysed.iterdir()}
+    for name in ("summary.json", "report.md", "eigenvalues.csv", "density.csv",
+                 "slq_nodes.csv", "landscape_1d.csv", "landscape_2d.csv", "spectrum.png",
+                 "eigenvalues.png", "landscape_1d.png", "landscape_2d_eigen.png",
+                 "landscape_2d_random.png"):
+        assert name in files, name
+    for png in analysed.glob("*.png"):
+        assert png.read_bytes()[:8] == PNG
+    s = json.loads((analysed / "summary.json").read_text())
+    assert s["num_params"] == N_PARAMS
+    ckpt = load_checkpoint(trained / "final.pt")
+    ds = load_dataset(DATA)
+    for split, (x, y) in (("train", (ds.x_train, ds.y_train)), ("test", (ds.x_test, ds.y_test))):
+        ev = dense_spectrum(ckpt.model, "ce", x, y)
+        sp = s["splits"][split]
+        assert sp["lambda_max"] == pytest.approx(float(ev[-1]), rel=1e-6)
+        assert sp["lambda_min"] == pytest.approx(float(ev[0]), rel=1e-5, abs=1e-9)
+        assert sp["eigenvalues_largest"] == pytest.approx(ev.flip(0)[:3].tolist(), rel=1e-5)
+        assert sp["converged_largest"] and sp["converged_smallest"]
+        # Hutch++ with 24 products: within 4 standard errors of the exact trace
+        assert abs(sp["trace"] - float(ev.sum())) <= 4 * sp["trace_stderr"] + 1e-9
+        with torch.no_grad():
+            m64 = copy.deepcopy(ckpt.model).double()
+            loss = float(torch.nn.functional.cross_entropy(m64(x.double()), y))
+        assert sp["loss"] == pytest.approx(loss, rel=1e-9)
+    for key in ("lambda_max", "lambda_min", "trace", "trace_stderr", "loss", "accuracy",
+                "num_matvecs", "timings_s", "converged"):
+        assert key in s
+    assert s["lambda_max"] == s["splits"]["train"]["lambda_max"]
+    # the 1-D landscape passes through the analysed loss at a = 0
+    lines = pd.read_csv(analysed / "landscape_1d.csv")
+    zero = lines[(lines["alpha"] == 0) & (lines["split"] == "train")]
+    assert set(zero["direction"]) == {"v_max", "v_min", "random"}
+    assert zero["loss"].to_numpy() == pytest.approx(s["loss"], rel=1e-9)
+    report = (analysed / "report.md").read_text()
+    assert "![spectrum.png](spectrum.png)" in report and "λ_max" in report
+
+
+def test_analyze_bare_state_dict_of_an_outside_model(tmp_path):
+    """A model defined outside the project, saved as a bare state dict."""
+    (tmp_path / "mymod.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def make(width=5):\n"
+        "    return nn.Sequential(nn.Linear(4, width), nn.Tanh(), nn.Linear(width, 3))\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import mymod
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.manual_seed(0)
+    model = mymod.make()
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    data = "synthetic-classification:d=4,classes=3,n_train=64,n_test=16"
+    out = tmp_path / "out"
+    proc = run("analyze", str(tmp_path / "weights.pt"), "--model", "mymod:make", "--data", data,
+               "--metrics", "eigenvalues,trace", "--top-k", "2", "--tol", "1e-8",
+               "--trace-matvecs", "130", "--out", str(out), "-q",
+               env_extra={"PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+    assert_ok(proc)
+    s = json.loads((out / "summary.json").read_text())
+    ds = load_dataset(data)
+    ev = dense_spectrum(model, "ce", ds.x_train, ds.y_train)
+    assert s["num_params"] == 4 * 5 + 5 + 5 * 3 + 3
+    assert s["lambda_max"] == pytest.approx(float(ev[-1]), rel=1e-6)
+    assert s["lambda_min"] == pytest.approx(float(ev[0]), rel=1e-6, abs=1e-10)
+    assert s["factory"] == "mymod:make" and s["bare_state_dict"] is True
+    # 130 products: the sketch has min(130 // 3, n) = n = 43 columns, so Hutch++ is exact
+    assert s["trace"] == pytest.approx(float(ev.sum()), rel=1e-6)
+    assert not (out / "spectrum.png").exists()  # density not requested
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def test_compare_tabulates_and_overlays(trained, analysed, tmp_path):
+    early = tmp_path / "early"
+    assert_ok(run("analyze", str(trained / "step_000010.pt"), "--out", str(early), "-q",
+                  "--no-test", "--metrics", "eigenvalues,density", *SMALL))
+    out = tmp_path / "cmp"
+    proc = run("compare", str(early), str(analysed), "--labels", "step 10,step 30",
+               "--out", str(out), "-q")
+    assert_ok(proc)
+    assert proc.stdout.strip() == f"report: {out / 'report.md'}"
+    table = pd.read_csv(out / "metrics.csv")
+    assert table["run"].tolist() == ["step 10", "step 30"]
+    for row, folder in zip(table.itertuples(), (early, analysed)):
+        s = json.loads((folder / "summary.json").read_text())
+        assert row.lambda_max == pytest.approx(s["lambda_max"], rel=1e-12)
+    assert pd.isna(table["trace"][0]) and table["trace"][1] > 0
+    for name in ("spectra.png", "eigenvalues.png", "landscapes.png", "metrics.png"):
+        assert (out / name).read_bytes()[:8] == PNG, name
+    report = (out / "report.md").read_text()
+    assert "step 10" in report and "step 30" in report and "spectra.png" in report
+
+
+# ------------------------------------------------------------------------------ demo
+
+
+def test_demo_quick(tmp_path):
+    proc = run("demo", "--quick", "--out", "demo", "-q", cwd=tmp_path)
+    assert_ok(proc)
+    out = tmp_path / "demo"
+    assert proc.stdout.strip() == f"report: {Path('demo') / 'report.md'}"
+    for rel in ("report.md", "training.png", "sgd/final.pt", "sam/final.pt",
+                "sgd/analysis/summary.json", "sam/analysis/spectrum.png",
+                "comparison/metrics.csv", "comparison/spectra.png"):
+        assert (out / rel).is_file(), rel
+    table = pd.read_csv(out / "comparison" / "metrics.csv")
+    for row, name in zip(table.itertuples(), ("sgd", "sam")):
+        s = json.loads((out / name / "analysis" / "summary.json").read_text())
+        assert row.lambda_max == pytest.approx(s["lambda_max"], rel=1e-12)
+        assert s["metadata"]["optimizer"] == ("momentum" if name == "sgd" else "sam")
+    report = (out / "report.md").read_text()
+    assert "comparison/spectra.png" in report and "SAM" in report
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+# ------------------------------------------------------------------------- bad input
+
+
+class _Hostile:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _bad(tmp_path: Path, *args: str, cwd: Path | None = None) -> str:
+    out = tmp_path / "out"
+    proc = run(*args, "--out", str(out), "-q", cwd=cwd)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    return lines[0]
+
+
+def test_missing_and_non_checkpoint_files(tmp_path):
+    msg = _bad(tmp_path, "analyze", str(tmp_path / "nope.pt"))
+    assert "nope.pt" in msg and "does not exist" in msg
+    (tmp_path / "notes.txt").write_text("hello, I am not a checkpoint\n")
+    msg = _bad(tmp_path, "analyze", str(tmp_path / "notes.txt"))
+    assert "not a checkpoint" in msg
+
+
+def test_truncated_checkpoint(trained, tmp_path):
+    blob = (trained / "final.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(blob[: len(blob) // 2])
+    msg = _bad(tmp_path, "analyze", str(tmp_path / "cut.pt"))
+    assert "cut.pt" in msg and ("truncated" in msg or "corrupt" in msg)
+
+
+def test_hostile_pickle_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"state_dict": _Hostile(str(marker))}, f)
+    msg = _bad(tmp_path, "analyze", str(tmp_path / "evil.pt"), "--model", "mlp")
+    assert "refused" in msg
+    assert not marker.exists()
+
+
+def test_state_dict_that_does_not_match_the_model(trained, tmp_path):
+    sd = dict(load_checkpoint(trained / "final.pt").state_dict)
+    del sd["3.bias"]
+    sd["1.weight"] = torch.zeros(9, 64)
+    sd["head.weight"] = torch.zeros(2)
+    torch.save(sd, tmp_path / "sd.pt")
+    msg = _bad(tmp_path, "analyze", str(tmp_path / "sd.pt"), "--model", "mlp",
+               "--model-kwargs", json.dumps({"hidden": HIDDEN}), "--data", DATA)
+    assert "missing keys: 3.bias" in msg
+    assert "unexpected keys: head.weight" in msg
+    assert "1.weight (checkpoint [9, 64], model [8, 64])" in msg
+
+
+def test_unknown_factory_and_bare_state_dict_without_model(trained, tmp_path):
+    sd = load_checkpoint(trained / "final.pt").state_dict
+    torch.save(sd, tmp_path / "sd.pt")
+    msg = _bad(tmp_path, "analyze", str(tmp_path / "sd.pt"), "--model", "nosuchpkg.mod:make",
+               "--data", DATA)
+    assert "nosuchpkg.mod" in msg and "unknown model factory" in msg
+    msg = _bad(tmp_path, "analyze", str(tmp_path / "sd.pt"), "--data", DATA)
+    assert "bare state dict" in msg and "--model" in msg
+
+
+def test_data_that_does_not_fit_the_model(trained, tmp_path):
+    msg = _bad(tmp_path, "analyze", str(trained / "final.pt"), "--data",
+               "synthetic-classification:d=5,n_train=32,n_test=8")
+    assert "data of shape [32, 5]" in msg and "does not fit model" in msg
+    assert "curvature.models:mlp" in msg
+
+
+def test_bad_options(trained, tmp_path):
+    msg = _bad(tmp_path, "analyze", str(trained / "final.pt"), "--data", "nosuchdata")
+    assert "unknown dataset 'nosuchdata'" in msg
+    msg = _bad(tmp_path, "analyze", str(trained / "final.pt"), "--metrics", "eigenvalues,magic")
+    assert "magic" in msg
+    msg = _bad(tmp_path, "train", "--optimizer", "nosuchopt", "--steps", "2", "--data", DATA)
+    assert "unknown optimizer 'nosuchopt'" in msg
+    msg = _bad(tmp_path, "compare", str(tmp_path))
+    assert "not an analysis folder" in msg
