@@ -451,9 +451,9 @@ def test_sam_cross_check_pytorch_optimizer():
                                                adaptive=True, lr=0.2, momentum=0.9,
                                                weight_decay=1e-3), 8)
             # their global norm is accumulated in float32
-            torch.testing.assert_close(ours_a, theirs, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(ours_a, theirs, rtol=1e-8, atol=1e-8)
         else:
-            torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(ours, theirs, rtol=1e-8, atol=1e-8)
 
 
 def test_adahessian_cross_check_pytorch_optimizer():
