@@ -7,6 +7,7 @@ and the spectral density (:mod:`curvature.density`). Optimizers with exposed
 curvature estimates live in :mod:`curvature.optim`.
 """
 
+from curvature import optim  # noqa: E402  (subpackage: cv.optim.SAM, ...)
 from curvature.checkpoint import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -49,6 +50,7 @@ __all__ = [
     "diagonal",
     "load_checkpoint",
     "load_dataset",
+    "optim",
     "save_checkpoint",
     "eigenvalues",
     "spectral_density",
