@@ -143,8 +143,7 @@ def lanczos(
             anorm = max(anorm, float(np.abs(theta).max()))
             full_space = j + 1 == n
             invariant = beta <= 10 * eps * max(anorm, np.finfo(float).tiny) * math.sqrt(j + 1)
-            if full_space or invariant:
-                beta = 0.0  # K_j is invariant: its Ritz pairs are exact
+            # True residuals; when K_j is (numerically) invariant they are at roundoff level.
             residuals = beta * np.abs(S[j, :])
             order = wanted_order(theta, which)
             top = order[:k]
