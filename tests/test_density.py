@@ -240,3 +240,13 @@ def test_agreement_with_pyhessian(monkeypatch):
     np.testing.assert_allclose(ph_nodes.max(), sd.lambda_max, rtol=1e-4)
     np.testing.assert_allclose(ph_nodes.min(), sd.lambda_min, rtol=1e-3)
     np.testing.assert_allclose(np.sum(ph_weights, axis=1), 1.0, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_runs_on_cuda():
+    eigs = outlier_spectrum(n=200)
+    op = DenseOperator(designed(eigs).matrix.cuda())
+    sd = spectral_density(op, num_steps=60, num_probes=4, seed=0)
+    assert sd.lambda_max == pytest.approx(eigs.max(), rel=1e-8)
+    torch.testing.assert_close(sd.weights.sum(1), torch.ones(4, dtype=torch.float64))

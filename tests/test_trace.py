@@ -187,3 +187,13 @@ def test_bad_input(call, err, match):
     op = designed(np.linspace(0, 1, 10))
     with pytest.raises(err, match=match):
         call(op)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_runs_on_cuda():
+    op = DenseOperator(outlier_operator().matrix.cuda())
+    res = trace(op, num_matvecs=600, seed=0)
+    assert abs(res.estimate - exact_trace(op)) <= 4 * res.stderr + 1e-9
+    d = diagonal(op, num_matvecs=64, seed=0)
+    assert d.estimate.device.type == "cuda" and d.stderr.device.type == "cuda"
