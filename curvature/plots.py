@@ -191,9 +191,10 @@ def plot_density(
         ax.set_ylabel(r"spectral density $\phi_\sigma(\lambda)$ (log scale)")
     else:
         ax.set_ylabel(r"spectral density $\phi_\sigma(\lambda)$")
-    ax.text(0.99, 0.97, rf"SLQ, Gaussian $\sigma$ = {sigma:.2g}", transform=ax.transAxes,
-            ha="right", va="top", fontsize=7, color="0.35")
-    ax.legend(loc="upper center", frameon=False, fontsize=7)
+    leg = ax.legend(loc="upper right", fontsize=7, frameon=True, framealpha=0.92,
+                    edgecolor="none", title=rf"SLQ, Gaussian width $\sigma$ = {sigma:.2g}",
+                    title_fontsize=7)
+    leg.get_title().set_color("0.35")
     if title:
         ax.set_title(title)
     return ax
