@@ -339,6 +339,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         result.evaluations.to_csv(tmp / "evaluations.csv", index=False)
         if result.monitor_history is not None:
             result.monitor_history.to_csv(tmp / "monitor.csv", index=False)
+            if hasattr(result.monitor, "plot"):
+                result.monitor.plot(tmp / "monitor.png")
         (tmp / "train.json").write_text(json.dumps(
             {"factory": factory, "factory_kwargs": kwargs, "data_spec": data.spec,
              **result.metadata}, indent=2, default=str) + "\n")

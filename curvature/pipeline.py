@@ -293,7 +293,10 @@ class Analysis:
         out["num_matvecs_total"] = sum(
             sum(s.num_matvecs.values()) for s in self.splits.values()
         )
-        out["timings_s"] = {k: round(v, 4) for k, v in self.timings.items()}
+        timings = dict(self.timings)
+        for name, split in self.splits.items():
+            timings.update({f"{name}_{k}": v for k, v in split.timings.items()})
+        out["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
         out["splits"] = {k: s.scalars() for k, s in self.splits.items()}
         out["config"] = asdict(self.config)
         out["config"]["metrics"] = list(self.config.metrics)

@@ -188,6 +188,7 @@ class TrainResult:
         checkpoints: paths written (``step_XXXXXX.pt`` and ``final.pt``).
         monitor_history: the curvature monitor's history (``None`` if not run).
         metadata: the metadata written into the final checkpoint.
+        monitor: the :class:`curvature.CurvatureMonitor` (``None`` if not run).
     """
 
     model: nn.Module
@@ -196,6 +197,7 @@ class TrainResult:
     checkpoints: list[Path] = field(default_factory=list)
     monitor_history: pd.DataFrame | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    monitor: Any = None
 
 
 def train(
@@ -359,6 +361,7 @@ def train(
         checkpoints=written,
         monitor_history=None if monitor is None else monitor.history,
         metadata=meta,
+        monitor=monitor,
     )
 
 
