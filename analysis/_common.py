@@ -163,17 +163,23 @@ def png_sizes(out: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(Path(out).glob("*.png"))}
 
 
-def finish_report(out: Path, body: str, timer: Timer, quick: bool) -> Path:
-    """Write ``out/report.md``: ``body`` plus the regenerating command and runtime."""
+def finish_report(out: Path, body: str, timer: Timer, quick: bool, *,
+                  runtime_s: float | None = None, command: str | None = None,
+                  note: str = "") -> Path:
+    """Write ``out/report.md``: ``body`` plus the regenerating command and runtime.
+
+    ``runtime_s``/``command`` override the current process's (when a report is rebuilt
+    from saved runs); ``note`` is appended to the runtime line."""
     out = Path(out)
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    seconds = timer.elapsed if runtime_s is None else runtime_s
     footer = (
         "\n\n## Reproduce\n\n"
-        f"```\n{command_line()}\n```\n\n"
-        f"Runtime: {timer.elapsed:.0f} s wall clock on {torch.get_num_threads()} torch "
+        f"```\n{command or command_line()}\n```\n\n"
+        f"Runtime: {seconds:.0f} s wall clock on {torch.get_num_threads()} torch "
         f"threads (OMP_NUM_THREADS={threads}), torch {torch.__version__}, CPU"
         + (" -- **quick mode** (CI smoke run; numbers are not meaningful)" if quick else "")
-        + ".\n"
+        + f".{(' ' + note) if note else ''}\n"
     )
     path = out / "report.md"
     path.write_text(body.rstrip() + footer)
