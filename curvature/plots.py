@@ -93,10 +93,15 @@ def _apply_scale(ax, axis: str, values, decades: float = 2.0) -> str:
     scale = value_scale(values, decades)
     setter = ax.set_yscale if axis == "y" else ax.set_xscale
     if scale == "symlog":
-        v = np.abs(np.asarray(values, dtype=np.float64))
-        v = v[np.isfinite(v) & (v > 0)]
-        linthresh = max(float(np.quantile(v, 0.05)), float(v.max()) * 1e-6)
+        raw = np.asarray(values, dtype=np.float64)
+        raw = raw[np.isfinite(raw)]
+        v = np.abs(raw[raw != 0])
+        # linear only below the smallest magnitude: every value sits on the log part
+        linthresh = max(0.5 * float(v.min()), float(v.max()) * 1e-6)
         setter("symlog", linthresh=linthresh)
+        lo, hi = float(raw.min()), float(raw.max())
+        limits = (lo * 2.0 if lo < 0 else -linthresh, hi * 2.0 if hi > 0 else linthresh)
+        (ax.set_ylim if axis == "y" else ax.set_xlim)(*limits)
     else:
         setter(scale)
     return scale
@@ -231,10 +236,12 @@ def plot_eigenvalues(
         allv += top.tolist() + bottom.tolist()
     ax.axhline(0.0, color="0.5", lw=0.6)
     ax.axvline(0.0, color="0.5", lw=0.6)
-    _apply_scale(ax, "y", allv)
+    # one decade already hides the small negative end on a linear axis
+    scale = _apply_scale(ax, "y", allv, decades=1.0)
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set_xlabel(r"rank $i$ ($i > 0$: $i$-th largest, $i < 0$: $|i|$-th smallest)")
-    ax.set_ylabel(r"eigenvalue $\lambda_i$ (loss / parameter$^2$)")
+    ax.set_ylabel(r"eigenvalue $\lambda_i$ (loss / parameter$^2$)"
+                  + {"symlog": ", symmetric log", "log": ", log scale"}.get(scale, ""))
     ax.legend(frameon=False, fontsize=7)
     if title:
         ax.set_title(title)
