@@ -7,6 +7,10 @@
     curvature analyze run/final.pt --out run/analysis
     curvature compare sgd/analysis sam/analysis --out comparison
 
+``curvature analyze`` also runs under ``torchrun --nproc-per-node N -m curvature.cli
+analyze ...``: each rank takes every N-th example, the Hessian products, losses and
+landscapes are all-reduced, and rank 0 writes the (single-process) report.
+
 Exit status 0 on success; 2 with one line on stderr naming the problem on bad input
 (missing or corrupt checkpoint, hostile pickle, mismatching state dict, unknown
 factory, data that does not fit the model, bad options). Output folders are written
@@ -242,17 +246,38 @@ def _check_out(out: str) -> None:
         raise UsageError(f"--out {out!r} exists and is not a directory")
 
 
+def _init_distributed(device: str | None) -> int:
+    """Join the process group that ``torchrun`` describes in the environment (gloo on
+    CPU, NCCL on CUDA); returns this process's rank (0 without torchrun)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = device is not None and device.startswith("cuda")
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank()
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from curvature.pipeline import analyze_checkpoint, write_analysis
 
-    say = _say(args)
     _check_out(args.out)
     _check_device(args.device)
+    rank = _init_distributed(args.device)
+    if rank != 0:  # every rank computes (the products are all-reduced); rank 0 writes
+        args.quiet = True
+    say = _say(args)
     analysis = analyze_checkpoint(
         args.checkpoint, model=args.model, model_kwargs=args.model_kwargs, data=args.data,
         loss=args.loss, max_examples=args.max_examples, batch_size=args.batch_size,
         test=not args.no_test, config=_config(args), log=say,
     )
+    if rank != 0:
+        return 0
     out = write_analysis(analysis, args.out, title=f"Curvature analysis of {Path(args.checkpoint).name}")
     s = analysis.summary()
     say(_headline(s))
@@ -401,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.setdefault("TQDM_DISABLE", "1")
         t0 = time.perf_counter()
         code = COMMANDS[args.command](args)
-        if not quiet:
+        if not getattr(args, "quiet", False):
             print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         return code
     except UsageError as e:

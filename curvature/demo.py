@@ -135,7 +135,8 @@ def run_demo(
             results[name] = res
             trajectories[name] = _lambda_max_trajectory(folder, data, loss_fn, seed, device)
             log(f"demo: analysing {name}/final.pt")
-            analysis = analyze_checkpoint(folder / "final.pt", config=config, log=log)
+            analysis = analyze_checkpoint(folder / "final.pt", config=config, log=log,
+                                          source_name=f"{name}/final.pt")
             write_analysis(analysis, folder / "analysis",
                            title=f"Curvature analysis: {run['label']} on digits")
         log("demo: comparing")

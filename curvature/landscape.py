@@ -20,6 +20,9 @@ where ``(i, j)`` is filter ``j`` (output row / output channel) of layer ``i``; t
 networks comparable. Biases and other one-dimensional parameters (normalisation
 scales) get ``d = 0`` by default, as in Li et al.
 
+Under ``torch.distributed``, ``data`` is this rank's shard and the batch-weighted sums
+are all-reduced, as in the HVP engine, so every rank gets the full-data landscape.
+
 The model is never modified: every point is evaluated with
 ``torch.func.functional_call`` on the perturbed flat vector, in eval mode, and each
 submodule's train/eval flag is restored afterwards. Points are evaluated in chunks
@@ -40,7 +43,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
-from curvature.engine import as_batches, batch_size_of, eval_mode
+from curvature.engine import _all_reduce, as_batches, batch_size_of, eval_mode
 
 __all__ = [
     "Landscape",
@@ -285,7 +288,11 @@ class _Evaluator:
                         total_correct[start : start + len(Wc)] += correct.detach().double().cpu()
                 bar.update(len(Wc))
         bar.close()
-        count = sum(batch_size_of(b) for b in batches)
+        count = float(sum(batch_size_of(b) for b in batches))
+        # under torch.distributed, data is this rank's shard: sum over ranks
+        sums = _all_reduce(torch.cat([total_loss, total_correct, torch.tensor([count],
+                           dtype=torch.float64)]).to(self.device)).cpu()
+        total_loss, total_correct, count = sums[:P], sums[P : 2 * P], float(sums[-1])
         loss = total_loss / count
         if not bool(torch.isfinite(loss).all()):
             bad = int((~torch.isfinite(loss)).nonzero()[0, 0])

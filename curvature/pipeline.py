@@ -398,7 +398,7 @@ def analyze(
             g = op.gradient()
             loss = op.loss()
         acc = _accuracy(work, batches, device, dtype)
-        res = SplitAnalysis(split, _count(batches), loss, acc, float(g.double().norm()))
+        res = SplitAnalysis(split, _count(batches, device), loss, acc, float(g.double().norm()))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if "eigenvalues" in want or ("landscape" in want and split == "train"):
@@ -464,15 +464,20 @@ def analyze(
                     timings=timings)
 
 
-def _count(batches: Any) -> int:
-    from curvature.engine import as_batches, batch_size_of
+def _count(batches: Any, device) -> int:
+    """Examples in ``batches`` (over all ranks under torch.distributed)."""
+    from curvature.engine import _all_reduce, as_batches, batch_size_of
 
-    return sum(batch_size_of(b) for b in as_batches(batches))
+    n = torch.tensor([float(sum(batch_size_of(b) for b in as_batches(batches)))],
+                     dtype=torch.float64, device=device)
+    return int(_all_reduce(n).item())
 
 
 @torch.no_grad()
 def _accuracy(model: nn.Module, batches: Any, device, dtype) -> float | None:
-    from curvature.engine import as_batches
+    """Fraction of correct ``argmax`` predictions (over all ranks); ``None`` for
+    regression targets."""
+    from curvature.engine import _all_reduce, as_batches
 
     correct, total = 0, 0
     for x, y in as_batches(batches):
@@ -481,7 +486,18 @@ def _accuracy(model: nn.Module, batches: Any, device, dtype) -> float | None:
         out = model(x.to(device, dtype) if x.is_floating_point() else x.to(device))
         correct += int((out.argmax(-1) == y.to(device)).sum())
         total += len(y)
-    return correct / total if total else None
+    sums = _all_reduce(torch.tensor([correct, total], dtype=torch.float64, device=device))
+    return float(sums[0] / sums[1]) if sums[1] > 0 else None
+
+
+def _shard(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """This rank's examples ``x[rank::world]`` under torch.distributed, else all."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        r, w = dist.get_rank(), dist.get_world_size()
+        return x[r::w], y[r::w]
+    return x, y
 
 
 def _directions(work, names, train: SplitAnalysis, config, filter_normalized):
@@ -808,6 +824,7 @@ def analyze_checkpoint(
     test: bool = True,
     config: AnalysisConfig | None = None,
     log: Callable[[str], None] | None = None,
+    source_name: str | None = None,
     **overrides: Any,
 ) -> Analysis:
     """Load a checkpoint (never executing code from it), rebuild its data and analyse it.
@@ -822,7 +839,13 @@ def analyze_checkpoint(
         max_examples: analyse a seeded random subset of this many examples per split.
         batch_size: examples per batch in the Hessian products (``None``: one batch).
         test: also analyse the test split when the dataset has one.
+
+    Under ``torch.distributed`` (e.g. ``torchrun``), every rank takes the examples
+    ``rank::world_size`` of each split and the products, losses and landscapes are
+    all-reduced, so every rank computes the single-process analysis.
         config, overrides: see :func:`analyze`.
+        source_name: how the checkpoint is named in the summary and report (default:
+            ``path`` as given).
 
     Raises:
         curvature.checkpoint.CheckpointError: bad checkpoint, unknown factory,
@@ -850,14 +873,15 @@ def analyze_checkpoint(
     check_data_fits(ckpt.model, loss_fn, ds.x_train, ds.y_train, what)
     if max_examples is not None and (isinstance(max_examples, bool) or max_examples < 1):
         raise InputError(f"max_examples must be a positive integer, got {max_examples!r}")
-    x, y = _subsample(ds.x_train, ds.y_train, max_examples, config.seed)
+    # the same seeded subset on every rank, then this rank's shard of it
+    x, y = _shard(*_subsample(ds.x_train, ds.y_train, max_examples, config.seed))
     train_batches = batches(x, y, batch_size)
     test_batches = None
     if test and len(ds.x_test):
-        xt, yt = _subsample(ds.x_test, ds.y_test, max_examples, config.seed + 1)
+        xt, yt = _shard(*_subsample(ds.x_test, ds.y_test, max_examples, config.seed + 1))
         test_batches = batches(xt, yt, batch_size)
     info = {
-        "checkpoint": str(path),
+        "checkpoint": source_name or str(path),
         "factory": ckpt.factory,
         "factory_kwargs": ckpt.factory_kwargs,
         "data_spec": ds.spec,
@@ -956,6 +980,9 @@ def compare(
             series[lab] = {"largest": sp["eigenvalues_largest"],
                            "smallest": sp.get("eigenvalues_smallest", [])}
     table = pd.DataFrame(rows)
+    # folders relative to the report, so the links survive moving the whole tree
+    table["folder"] = [os.path.relpath(Path(f).absolute(), Path(out).absolute())
+                       for f in folders]
     with atomic_directory(out) as tmp:
         table.to_csv(tmp / "metrics.csv", index=False)
         figs = []
@@ -1046,6 +1073,7 @@ def _compare_report(table: pd.DataFrame, figs, title: str, split: str) -> str:
     lines += [""]
     for name, caption in figs:
         lines += [f"![{name}]({name})", "", f"*{caption}*", ""]
-    lines += ["Source folders:", ""] + [f"- `{f}`" for f in table["folder"]] + [""]
+    lines += ["Source folders (relative to this report):", ""]
+    lines += [f"- [{f}]({f}/report.md)" for f in table["folder"]] + [""]
     lines += ["Files: `metrics.csv`" + "".join(f", `{n}`" for n, _ in figs), ""]
     return "\n".join(lines)

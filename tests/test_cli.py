@@ -311,3 +311,29 @@ def test_bad_options(trained, tmp_path):
     assert "unknown optimizer 'nosuchopt'" in msg
     msg = _bad(tmp_path, "compare", str(tmp_path))
     assert "not an analysis folder" in msg
+
+
+# ----------------------------------------------------------------------- distributed
+
+
+@pytest.mark.distributed
+def test_analyze_under_torchrun_gives_the_single_process_report(trained, analysed, tmp_path):
+    """Two gloo ranks, each with every other example: same numbers as one process."""
+    out = tmp_path / "dist"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "-m", "curvature.cli", "analyze", str(trained / "final.pt"), "--out", str(out),
+         "-q", *SMALL],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert_ok(proc)
+    one = json.loads((analysed / "summary.json").read_text())
+    two = json.loads((out / "summary.json").read_text())
+    for split in ("train", "test"):
+        a, b = one["splits"][split], two["splits"][split]
+        assert b["num_examples"] == a["num_examples"]
+        for key in ("loss", "accuracy", "lambda_max", "lambda_min", "trace"):
+            assert b[key] == pytest.approx(a[key], rel=1e-9, abs=1e-12), (split, key)
+    la, lb = (pd.read_csv(d / "landscape_2d.csv") for d in (analysed, out))
+    assert lb["loss"].to_numpy() == pytest.approx(la["loss"].to_numpy(), rel=1e-9)
