@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="output folder for checkpoints and history")
     _common(tr)
 
-    an = sub.add_parser("analyze", help="curvature analysis of a checkpoint")
+    an = sub.add_parser("analyze", aliases=["analyse"], help="curvature analysis of a checkpoint")
     an.add_argument("checkpoint", metavar="CKPT", help="checkpoint (.pt, .pth, .safetensors)")
     an.add_argument("--model", default=None,
                     help="model factory package.module:function (required for a bare state dict)")
@@ -430,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         return code
     except UsageError as e:
-        print(_one_line(e), file=sys.stderr)
+        msg = _one_line(e)
+        print(msg if msg.startswith("curvature") else f"curvature: error: {msg}", file=sys.stderr)
         return 2
     except (CheckpointError, ModelFactoryError, InputError) as e:
         print(f"curvature: error: {_one_line(e)}", file=sys.stderr)
