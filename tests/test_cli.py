@@ -236,81 +236,112 @@ class _Hostile:
         return (os.system, (f"touch {self.marker}",))
 
 
-def _bad(tmp_path: Path, *args: str, cwd: Path | None = None) -> str:
-    out = tmp_path / "out"
-    proc = run(*args, "--out", str(out), "-q", cwd=cwd)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not out.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
-    return lines[0]
-
-
-def test_missing_and_non_checkpoint_files(tmp_path):
-    msg = _bad(tmp_path, "analyze", str(tmp_path / "nope.pt"))
-    assert "nope.pt" in msg and "does not exist" in msg
-    (tmp_path / "notes.txt").write_text("hello, I am not a checkpoint\n")
-    msg = _bad(tmp_path, "analyze", str(tmp_path / "notes.txt"))
-    assert "not a checkpoint" in msg
-
-
-def test_truncated_checkpoint(trained, tmp_path):
+def _bad_cases(trained: Path, root: Path) -> dict[str, list[str]]:
+    """Build every bad input under ``root``; return ``name -> command line``."""
+    (root / "notes.txt").write_text("hello, I am not a checkpoint\n")
     blob = (trained / "final.pt").read_bytes()
-    (tmp_path / "cut.pt").write_bytes(blob[: len(blob) // 2])
-    msg = _bad(tmp_path, "analyze", str(tmp_path / "cut.pt"))
-    assert "cut.pt" in msg and ("truncated" in msg or "corrupt" in msg)
-
-
-def test_hostile_pickle_is_refused_and_never_run(tmp_path):
-    marker = tmp_path / "pwned"
-    with open(tmp_path / "evil.pt", "wb") as f:
-        pickle.dump({"state_dict": _Hostile(str(marker))}, f)
-    msg = _bad(tmp_path, "analyze", str(tmp_path / "evil.pt"), "--model", "mlp")
-    assert "refused" in msg
-    assert not marker.exists()
-
-
-def test_state_dict_that_does_not_match_the_model(trained, tmp_path):
+    (root / "cut.pt").write_bytes(blob[: len(blob) // 2])
+    with open(root / "evil.pt", "wb") as f:
+        pickle.dump({"state_dict": _Hostile(str(root / "pwned"))}, f)
     sd = dict(load_checkpoint(trained / "final.pt").state_dict)
+    torch.save(sd, root / "sd.pt")
     del sd["3.bias"]
     sd["1.weight"] = torch.zeros(9, 64)
     sd["head.weight"] = torch.zeros(2)
-    torch.save(sd, tmp_path / "sd.pt")
-    msg = _bad(tmp_path, "analyze", str(tmp_path / "sd.pt"), "--model", "mlp",
-               "--model-kwargs", json.dumps({"hidden": HIDDEN}), "--data", DATA)
+    torch.save(sd, root / "mismatch.pt")
+    final, kw = str(trained / "final.pt"), json.dumps({"hidden": HIDDEN})
+    return {
+        "missing": ["analyze", str(root / "nope.pt")],
+        "not_checkpoint": ["analyze", str(root / "notes.txt")],
+        "truncated": ["analyze", str(root / "cut.pt")],
+        "hostile": ["analyze", str(root / "evil.pt"), "--model", "mlp"],
+        "mismatch": ["analyze", str(root / "mismatch.pt"), "--model", "mlp",
+                     "--model-kwargs", kw, "--data", DATA],
+        "unknown_factory": ["analyze", str(root / "sd.pt"), "--model", "nosuchpkg.mod:make",
+                            "--data", DATA],
+        "bare_without_model": ["analyze", str(root / "sd.pt"), "--data", DATA],
+        "data_shape": ["analyze", final, "--data",
+                       "synthetic-classification:d=5,n_train=32,n_test=8"],
+        "unknown_data": ["analyze", final, "--data", "nosuchdata"],
+        "unknown_metric": ["analyze", final, "--metrics", "eigenvalues,magic"],
+        "unknown_optimizer": ["train", "--optimizer", "nosuchopt", "--steps", "2",
+                              "--data", DATA],
+        "not_analysis_folder": ["compare", str(root)],
+    }
+
+
+@pytest.fixture(scope="module")
+def bad(trained, tmp_path_factory) -> dict[str, tuple[str, Path]]:
+    """Run every bad input (4 processes at a time); ``name -> (stderr line, case dir)``.
+
+    Each case must exit 2 with exactly one line on stderr, no traceback, and leave
+    neither its ``--out`` folder nor a temporary folder behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("bad")
+    cases = _bad_cases(trained, root)
+
+    def one(item):
+        name, argv = item
+        case = root / name
+        case.mkdir()
+        return name, case, run(*argv, "--out", str(case / "out"), "-q")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(one, cases.items()))
+    out = {}
+    for name, case, proc in results:
+        assert proc.returncode == 2, (name, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, (name, proc.stderr)
+        assert "Traceback" not in proc.stderr, name
+        assert list(case.iterdir()) == [], (name, list(case.iterdir()))  # nothing written
+        out[name] = (lines[0], root)
+    return out
+
+
+def test_missing_and_non_checkpoint_files(bad):
+    msg = bad["missing"][0]
+    assert "nope.pt" in msg and "does not exist" in msg
+    assert "not a checkpoint" in bad["not_checkpoint"][0]
+
+
+def test_truncated_checkpoint(bad):
+    msg = bad["truncated"][0]
+    assert "cut.pt" in msg and ("truncated" in msg or "corrupt" in msg)
+
+
+def test_hostile_pickle_is_refused_and_never_run(bad):
+    msg, root = bad["hostile"]
+    assert "refused" in msg
+    assert not (root / "pwned").exists()
+
+
+def test_state_dict_that_does_not_match_the_model(bad):
+    msg = bad["mismatch"][0]
     assert "missing keys: 3.bias" in msg
     assert "unexpected keys: head.weight" in msg
     assert "1.weight (checkpoint [9, 64], model [8, 64])" in msg
 
 
-def test_unknown_factory_and_bare_state_dict_without_model(trained, tmp_path):
-    sd = load_checkpoint(trained / "final.pt").state_dict
-    torch.save(sd, tmp_path / "sd.pt")
-    msg = _bad(tmp_path, "analyze", str(tmp_path / "sd.pt"), "--model", "nosuchpkg.mod:make",
-               "--data", DATA)
+def test_unknown_factory_and_bare_state_dict_without_model(bad):
+    msg = bad["unknown_factory"][0]
     assert "nosuchpkg.mod" in msg and "unknown model factory" in msg
-    msg = _bad(tmp_path, "analyze", str(tmp_path / "sd.pt"), "--data", DATA)
+    msg = bad["bare_without_model"][0]
     assert "bare state dict" in msg and "--model" in msg
 
 
-def test_data_that_does_not_fit_the_model(trained, tmp_path):
-    msg = _bad(tmp_path, "analyze", str(trained / "final.pt"), "--data",
-               "synthetic-classification:d=5,n_train=32,n_test=8")
+def test_data_that_does_not_fit_the_model(bad):
+    msg = bad["data_shape"][0]
     assert "data of shape [32, 5]" in msg and "does not fit model" in msg
     assert "curvature.models:mlp" in msg
 
 
-def test_bad_options(trained, tmp_path):
-    msg = _bad(tmp_path, "analyze", str(trained / "final.pt"), "--data", "nosuchdata")
-    assert "unknown dataset 'nosuchdata'" in msg
-    msg = _bad(tmp_path, "analyze", str(trained / "final.pt"), "--metrics", "eigenvalues,magic")
-    assert "magic" in msg
-    msg = _bad(tmp_path, "train", "--optimizer", "nosuchopt", "--steps", "2", "--data", DATA)
-    assert "unknown optimizer 'nosuchopt'" in msg
-    msg = _bad(tmp_path, "compare", str(tmp_path))
-    assert "not an analysis folder" in msg
+def test_bad_options(bad):
+    assert "unknown dataset 'nosuchdata'" in bad["unknown_data"][0]
+    assert "magic" in bad["unknown_metric"][0]
+    assert "unknown optimizer 'nosuchopt'" in bad["unknown_optimizer"][0]
+    assert "not an analysis folder" in bad["not_analysis_folder"][0]
 
 
 # ----------------------------------------------------------------------- distributed
