@@ -440,7 +440,7 @@ def analyze(
             grid_r = symmetric_grid(config.random_radius, config.landscape_grid)
             log(f"{split}: loss landscapes")
             with _timed(res.timings, "landscape"):
-                for name, (d, label, curv) in _line_specs(directions, splits.get("train", res)):
+                for name, (d, label, curv) in _line_specs(directions):
                     radius = line_r if name.startswith("random") else line_a
                     land = loss_landscape_1d(work, loss_fn, batches, d, radius, params=names,
                                              label=label, progress=config.progress)
@@ -516,7 +516,7 @@ def _directions(work, names, train: SplitAnalysis, config, filter_normalized):
     return out
 
 
-def _line_specs(directions, train: SplitAnalysis):
+def _line_specs(directions):
     """``(name, (direction, label, curvature or None))`` for the 1-D landscapes."""
     if "eigen" in directions:
         v, lam = directions["eigen"][0], directions["eigen_values"][0]
