@@ -153,10 +153,14 @@ def _shape(t: Tensor) -> str:
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
-def check_data_fits(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, what: str) -> None:
-    """Run the model and the loss on two examples; raise :class:`InputError`
-    ("data of shape ... does not fit model ...") if they fail. The model's mode is
-    restored."""
+def check_data_fits(
+    model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, what: str,
+    *, labels: Tensor | None = None,
+) -> None:
+    """Run the model and the loss on two examples of ``(x, y)``, and check every class
+    label (``labels``, default ``y``) against the model's output width; raise
+    :class:`InputError` ("data of shape ... does not fit model ...") if anything fails.
+    The model's mode is restored."""
     from curvature.engine import eval_mode
 
     device = next(iter(model.parameters())).device
@@ -172,6 +176,15 @@ def check_data_fits(model: nn.Module, loss_fn: Callable, x: Tensor, y: Tensor, w
             f"data of shape {_shape(x)} (targets {_shape(y)}) does not fit model "
             f"{what}: {first}"
         ) from None
+    labels = y if labels is None else labels
+    if not labels.is_floating_point() and len(labels) and out.ndim == 2:
+        # two examples cannot reveal every class: check all labels against the outputs
+        top = int(labels.max())
+        if top >= out.shape[-1] or int(labels.min()) < 0:
+            raise InputError(
+                f"data of shape {_shape(x)} has class labels up to {top} but model {what} "
+                f"has {out.shape[-1]} outputs: the data does not fit the model"
+            )
 
 
 def _subsample(x: Tensor, y: Tensor, n: int | None, seed: int) -> tuple[Tensor, Tensor]:
@@ -870,7 +883,8 @@ def analyze_checkpoint(
                          else None) or ("ce" if ds.task == "classification" else "mse")
     loss_fn = make_loss(loss_name)
     what = f"{ckpt.factory}(**{json.dumps(ckpt.factory_kwargs)})"
-    check_data_fits(ckpt.model, loss_fn, ds.x_train, ds.y_train, what)
+    check_data_fits(ckpt.model, loss_fn, ds.x_train, ds.y_train, what,
+                    labels=torch.cat([ds.y_train, ds.y_test]))
     if max_examples is not None and (isinstance(max_examples, bool) or max_examples < 1):
         raise InputError(f"max_examples must be a positive integer, got {max_examples!r}")
     # the same seeded subset on every rank, then this rank's shard of it

@@ -337,6 +337,19 @@ def test_data_that_does_not_fit_the_model(bad):
     assert "curvature.models:mlp" in msg
 
 
+def test_labels_beyond_the_model_outputs_are_caught_before_any_work():
+    """Two trial examples may have small labels; every label is checked."""
+    from curvature.pipeline import InputError, check_data_fits
+
+    model = torch.nn.Linear(3, 4)
+    x, y = torch.randn(10, 3), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 7])
+    mode = model.training
+    with pytest.raises(InputError, match="class labels up to 7 but model lin has 4 outputs"):
+        check_data_fits(model, torch.nn.CrossEntropyLoss(), x, y, "lin")
+    assert model.training == mode
+    check_data_fits(model, torch.nn.CrossEntropyLoss(), x, y.clamp(max=3), "lin")  # fits
+
+
 def test_bad_options(bad):
     assert "unknown dataset 'nosuchdata'" in bad["unknown_data"][0]
     assert "magic" in bad["unknown_metric"][0]
