@@ -867,6 +867,18 @@ def write_report(out: Path, cfg: Settings, df: pd.DataFrame, summary: pd.DataFra
         for f in figures.get(wl_name, []):
             md.append(f"![{f}]({f})\n")
     md.append(claims_md)
+    notes = []
+    for wl_name in cfg.workloads:
+        sm = summary[summary.workload == wl_name].set_index("optimizer")
+        if {"SGD", "SGDHess"} <= set(sm.index):
+            rel = abs(sm.loc["SGDHess", "lambda_max_test_mean"] / sm.loc["SGD", "lambda_max_test_mean"] - 1)
+            if rel < 0.01:
+                notes.append(f"{wl_name}: SGDHess at its default rho = 100 is indistinguishable "
+                             f"from SGD (lambda_max(test) differs by {rel:.2%}), which implies "
+                             "rho v_t << 1 (gradient scaling 1 + rho v_t ~ 1) over the run; "
+                             "a larger rho would be needed for it to act.")
+    if notes:
+        md.append("\n### Notes\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
     if "basins_md" in figures:
         md.append(
             "\n### How far does lambda_max describe the basin?\n\n"
