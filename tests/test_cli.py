@@ -360,6 +360,7 @@ def test_bad_options(bad):
 # ----------------------------------------------------------------------- distributed
 
 
+@pytest.mark.slow  # two extra interpreters (~16 s): run with -m distributed or -m slow
 @pytest.mark.distributed
 def test_analyze_under_torchrun_gives_the_single_process_report(trained, analysed, tmp_path):
     """Two gloo ranks, each with every other example: same numbers as one process."""
