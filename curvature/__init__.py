@@ -20,6 +20,7 @@ from curvature.dense import dense_hessian
 from curvature.density import SpectralDensity, spectral_density
 from curvature.eigen import eigenvalues
 from curvature.engine import DoubleBackwardError, NonFiniteLossError
+from curvature.landscape import Landscape, loss_landscape_1d, loss_landscape_2d
 from curvature.models import MODELS, build_model, count_parameters
 from curvature.operators import CurvatureOperator, DenseOperator, GGNOperator, HessianOperator
 from curvature.results import ConvergenceWarning, DiagonalResult, EigenResult, TraceResult
@@ -31,6 +32,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointNotFoundError",
     "Dataset",
+    "Landscape",
     "LoadedCheckpoint",
     "MODELS",
     "ConvergenceWarning",
@@ -50,6 +52,8 @@ __all__ = [
     "diagonal",
     "load_checkpoint",
     "load_dataset",
+    "loss_landscape_1d",
+    "loss_landscape_2d",
     "optim",
     "save_checkpoint",
     "eigenvalues",

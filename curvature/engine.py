@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from tqdm.auto import tqdm
 
-__all__ = ["Problem", "as_batches", "batch_size_of", "NonFiniteLossError"]
+__all__ = ["Problem", "all_reduce_sum", "as_batches", "batch_size_of", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -106,7 +106,8 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _all_reduce(t: Tensor) -> Tensor:
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum ``t`` in place over ranks when ``torch.distributed`` is initialised; return it."""
     if _distributed():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
@@ -270,8 +271,8 @@ class Problem:
         if not losses:
             raise ValueError("data is empty: no batches to compute the loss on")
         n = torch.tensor(float(count), dtype=torch.float64, device=total.device)
-        _all_reduce(total)
-        _all_reduce(n)
+        all_reduce_sum(total)
+        all_reduce_sum(n)
         stacked = torch.stack([loss.detach().reshape(()) for loss in losses])
         bad = ~torch.isfinite(stacked)
         if bool(bad.any()):  # one host sync per pass over the data

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
-from curvature.engine import _all_reduce, as_batches, batch_size_of, eval_mode
+from curvature.engine import all_reduce_sum, as_batches, batch_size_of, eval_mode
 
 __all__ = [
     "Landscape",
@@ -290,7 +290,7 @@ class _Evaluator:
         bar.close()
         count = float(sum(batch_size_of(b) for b in batches))
         # under torch.distributed, data is this rank's shard: sum over ranks
-        sums = _all_reduce(torch.cat([total_loss, total_correct, torch.tensor([count],
+        sums = all_reduce_sum(torch.cat([total_loss, total_correct, torch.tensor([count],
                            dtype=torch.float64)]).to(self.device)).cpu()
         total_loss, total_correct, count = sums[:P], sums[P : 2 * P], float(sums[-1])
         loss = total_loss / count

@@ -479,18 +479,18 @@ def analyze(
 
 def _count(batches: Any, device) -> int:
     """Examples in ``batches`` (over all ranks under torch.distributed)."""
-    from curvature.engine import _all_reduce, as_batches, batch_size_of
+    from curvature.engine import all_reduce_sum, as_batches, batch_size_of
 
     n = torch.tensor([float(sum(batch_size_of(b) for b in as_batches(batches)))],
                      dtype=torch.float64, device=device)
-    return int(_all_reduce(n).item())
+    return int(all_reduce_sum(n).item())
 
 
 @torch.no_grad()
 def _accuracy(model: nn.Module, batches: Any, device, dtype) -> float | None:
     """Fraction of correct ``argmax`` predictions (over all ranks); ``None`` for
     regression targets."""
-    from curvature.engine import _all_reduce, as_batches
+    from curvature.engine import all_reduce_sum, as_batches
 
     correct, total = 0, 0
     for x, y in as_batches(batches):
@@ -499,7 +499,7 @@ def _accuracy(model: nn.Module, batches: Any, device, dtype) -> float | None:
         out = model(x.to(device, dtype) if x.is_floating_point() else x.to(device))
         correct += int((out.argmax(-1) == y.to(device)).sum())
         total += len(y)
-    sums = _all_reduce(torch.tensor([correct, total], dtype=torch.float64, device=device))
+    sums = all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64, device=device))
     return float(sums[0] / sums[1]) if sums[1] > 0 else None
 
 
