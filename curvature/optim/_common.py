@@ -110,6 +110,15 @@ class CurvatureOptimizer(Optimizer):
         """Keep the flat iterate ``w_t`` at which this step's estimates are taken."""
         self.estimate_params = flat([p.detach() for p in self._params()])
 
+    def _evaluate_and_record(self, closure: Any) -> Any:
+        """Call ``closure`` (if any) with gradients on, record ``w_t``, return the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._record_point()
+        return loss
+
     def _params(self) -> list[Tensor]:
         """All parameters, in param_groups order (the layout of flat estimates)."""
         return [p for group in self.param_groups for p in group["params"]]

@@ -106,11 +106,7 @@ class AdaHessian(CurvatureOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._record_point()
+        loss = self._evaluate_and_record(closure)
         params = self._params()
         head = self.state[params[0]]
         t = head.get("step", 0) + 1

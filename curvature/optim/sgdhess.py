@@ -70,11 +70,7 @@ class SGDHess(CurvatureOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._record_point()
+        loss = self._evaluate_and_record(closure)
         variances = []
         for group in self.param_groups:
             ps = group["params"]
