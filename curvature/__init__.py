@@ -22,6 +22,7 @@ from curvature.eigen import eigenvalues
 from curvature.engine import DoubleBackwardError, NonFiniteLossError
 from curvature.landscape import Landscape, loss_landscape_1d, loss_landscape_2d
 from curvature.models import MODELS, build_model, count_parameters
+from curvature.monitor import CurvatureMonitor
 from curvature.operators import CurvatureOperator, DenseOperator, GGNOperator, HessianOperator
 from curvature.results import ConvergenceWarning, DiagonalResult, EigenResult, TraceResult
 from curvature.trace import diagonal, trace
@@ -36,6 +37,7 @@ __all__ = [
     "LoadedCheckpoint",
     "MODELS",
     "ConvergenceWarning",
+    "CurvatureMonitor",
     "CurvatureOperator",
     "DenseOperator",
     "DiagonalResult",

@@ -28,6 +28,7 @@ from curvature.optim.accelerated_sam import AcceleratedSAM
 from curvature.optim.adahessian import AdaHessian
 from curvature.optim.forward_sam import ForwardSAM
 from curvature.optim.ire import IRE
+from curvature.optim.online_eigen_sam import OnlineEigenSAM
 from curvature.optim.sam import SAM, AlphaSAM
 from curvature.optim.sgdhess import SGDHess
 from curvature.optim.smoothness_adaptive import SASAM, SASGD
@@ -42,6 +43,7 @@ __all__ = [
     "SGDHess",
     "AdaHessian",
     "IRE",
+    "OnlineEigenSAM",
     "CurvatureOptimizer",
     "disable_running_stats",
 ]
