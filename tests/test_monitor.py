@@ -186,7 +186,7 @@ def test_plain_sgd_truth_at_pre_step_weights(mode):
     h = mon.history
     assert list(h.step) == [3, 6]
     assert set(h.columns) == {"step", "lambda_max_full", "trace_full", "probe_time_s"}
-    for (step, w_t, _), (_, row) in zip(seen, h.iterrows()):
+    for (_, w_t, _), (_, row) in zip(seen, h.iterrows()):
         Hf = _dense_at(model, w_t, probe)
         assert _rel(row.lambda_max_full, float(torch.linalg.eigvalsh(Hf)[-1])) < 1e-9
         assert _rel(row.trace_full, float(Hf.trace())) < 1e-10
@@ -220,7 +220,7 @@ def test_zero_based_loop_warns_then_follows_the_numbering():
     with pytest.warns(UserWarning, match="no snapshot"):
         seen = _train(model, opt, d, 7, mon, zero_based=True)
     assert [s for s, _, _ in seen] == [0, 3, 6]
-    for (step, w_t, _), (_, row) in list(zip(seen, mon.history.iterrows()))[1:]:
+    for (_, w_t, _), (_, row) in list(zip(seen, mon.history.iterrows()))[1:]:
         Hf = _dense_at(model, w_t, probe)
         assert _rel(row.lambda_max_full, float(torch.linalg.eigvalsh(Hf)[-1])) < 1e-9
 
