@@ -861,6 +861,41 @@ def profile_hvp(w: Workload, log: Callable[[str], None]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def matmat_scaling(w: Workload, ks: tuple[int, ...] = (1, 8, 32), repeats: int = 3) -> pd.DataFrame:
+    """Per-column cost of a k-column product on a warm operator, curvature vs curvlinops.
+
+    curvature: cached per-batch gradient graphs, one batched second backward
+    (``is_grads_batched``) per batch; curvlinops: ``vmap`` over forward-over-reverse
+    (``jvp`` of ``jacrev``) per batch. In units of one full-dataset gradient.
+    """
+    grad = _gradient(w)
+    grad()
+    t_grad = statistics.median(_times(grad, 5))
+    ops = {"curvature": cv.HessianOperator(w.model, w.loss, w.batches)}
+    try:
+        ops["curvlinops"] = CurvlinopsTool(w).operator()[0]
+    except Exception:
+        pass
+    rows = []
+    for k in ks:
+        V = torch.randn(w.n_params, k, generator=torch.Generator().manual_seed(k))
+        for name, op in ops.items():
+            op @ V  # warm: builds the graph cache / the vmapped function
+            t = statistics.median(_times(lambda op=op, V=V: op @ V, repeats))
+            rows.append({"workload": w.name, "tool": name, "k": k, "s_per_column": t / k,
+                         "gradients_per_column": t / k / t_grad})
+    return pd.DataFrame(rows)
+
+
+def _times(fn: Callable[[], Any], repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 # ----------------------------------------------------------------------------- report
 def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per workload and task: each peer's time and HVPs relative to curvature's."""
@@ -1148,7 +1183,8 @@ def figures(df: pd.DataFrame, ratios: pd.DataFrame, extras: dict[str, Any], out:
 
 
 def write_report(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: pd.DataFrame,
-                 made: list[str], out: Path, meta: dict[str, Any], info: dict[str, dict]) -> None:
+                 made: list[str], out: Path, meta: dict[str, Any], info: dict[str, dict],
+                 mat: pd.DataFrame | None = None) -> None:
     lines = [
         "# Benchmark: curvature vs PyHessian vs curvlinops",
         "",
@@ -1236,6 +1272,21 @@ def write_report(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: p
             markdown(prof, ["workload", "run", "op", "calls", "self_ms", "share"],
                      {"self_ms": ".1f", "share": ".0%"}),
         ]
+    if mat is not None and not mat.empty:
+        piv = mat.pivot_table(index=["workload", "k"], columns="tool",
+                              values="gradients_per_column").reset_index()
+        cols = ["workload", "k"] + [t for t in ("curvature", "curvlinops") if t in piv.columns]
+        lines += [
+            "",
+            "## Cost per column of a k-column product (gradients per column, warm operators)",
+            "",
+            "Block estimators (Hutch++, the density's probe block) multiply many vectors at "
+            "once. curvature batches the second backward over the columns "
+            "(`is_grads_batched`) on cached graphs; curvlinops vmaps forward-over-reverse "
+            "(`jvp` of `jacrev`) over them. Medians of 3.",
+            "",
+            markdown(piv, cols, {"curvature": ".2f", "curvlinops": ".2f"}),
+        ]
     lines += ["", "## What missed, and why", ""] + discussion(df, ratios, tg, prof)
     lines += [
         "",
@@ -1312,10 +1363,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long", type=float, default=None,
                         help="seconds above which a task is run once (default 20; quick 5)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the MLP scaling sweeps")
+    parser.add_argument("--matmat-only", action="store_true",
+                        help="measure only the k-column product scaling (matmat.csv), re-render")
     parser.add_argument("--render-only", action="store_true",
                         help="rebuild figures and report.md from the files already in --out")
     args = parser.parse_args(argv)
     if args.render_only:
+        render(Path(args.out))
+        return 0
+    if args.matmat_only:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        mats = [matmat_scaling(w) for w in workloads(args.quick)]
+        pd.concat(mats, ignore_index=True).to_csv(Path(args.out) / "matmat.csv", index=False)
         render(Path(args.out))
         return 0
     cfg = QUICK if args.quick else Config()
@@ -1337,7 +1396,8 @@ def main(argv: list[str] | None = None) -> int:
     extras: dict[str, Any] = {}
     truths: dict[str, Truth] = {}
     wls = workloads(args.quick)
-    profs = []
+    profs: list[pd.DataFrame] = []
+    mats: list[pd.DataFrame] = []
     for w in wls:
         r, ex = bench_workload(w, cfg, log)
         rows += r
@@ -1345,6 +1405,7 @@ def main(argv: list[str] | None = None) -> int:
         truths[w.name] = ex["truth"]
         if cfg.profile:
             profs.append(profile_hvp(w, log))
+            mats.append(matmat_scaling(w))
     sweep_wls: list[Workload] = []
     if cfg.sweep:
         # Scaling: one repeat per point, densities scaled from what fits in 10 s.
@@ -1360,6 +1421,8 @@ def main(argv: list[str] | None = None) -> int:
     df.to_csv(out / "results.csv", index=False)
     if not prof.empty:
         prof.to_csv(out / "profile.csv", index=False)
+    if mats:
+        pd.concat(mats, ignore_index=True).to_csv(out / "matmat.csv", index=False)
     save_artifacts(out, extras, truths, wls + sweep_wls)
     peers = []
     for dist in ("PyHessian", "curvlinops-for-pytorch"):
@@ -1431,7 +1494,8 @@ def render(out: Path) -> None:
     ratios.to_csv(out / "ratios.csv", index=False)
     pd.DataFrame(tg).to_csv(out / "targets.csv", index=False)
     made = figures(df, ratios, extras, out)
-    write_report(df, ratios, tg, prof, made, out, meta, info)
+    mat = pd.read_csv(out / "matmat.csv") if (out / "matmat.csv").exists() else pd.DataFrame()
+    write_report(df, ratios, tg, prof, made, out, meta, info, mat)
 
 
 if __name__ == "__main__":
