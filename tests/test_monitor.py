@@ -361,7 +361,15 @@ def test_online_eigen_sam_follows_sam_and_finds_lambda_max():
     for _ in range(150):
         opt.step(closure)
     ev = torch.linalg.eigvalsh(cv.dense_hessian(m2, LF, (x, y)))
-    top = float(ev.abs().max())
+    top = float(ev[ev.abs().argmax()])
+    assert _rel(opt.estimates["lambda_max"], abs(top)) < 1e-3
+    # the Rayleigh-quotient read-out converges to the signed eigenvalue
+    opt = OnlineEigenSAM(m2.parameters(), torch.optim.SGD, rho=0.05, lr=0.0, beta=1.0,
+                         eig_rho=1e-5, estimate="rayleigh", seed=1)
+    for _ in range(150):
+        opt.step(closure)
     assert _rel(opt.estimates["lambda_max"], top) < 1e-3
     with pytest.raises(ValueError, match="beta"):
         OnlineEigenSAM(m2.parameters(), torch.optim.SGD, beta=0.0, lr=0.1)
+    with pytest.raises(ValueError, match="estimate"):
+        OnlineEigenSAM(m2.parameters(), torch.optim.SGD, estimate="max", lr=0.1)

@@ -34,7 +34,8 @@ this optimizer and a run of :class:`~curvature.optim.SAM` with the same seed, ba
 and hyperparameters have the same trajectory up to floating-point roundoff, which
 makes the two ``lambda_max`` estimates directly comparable.
 
-Estimates: ``lambda_max = ||v_t||`` (float), ``hvp = y_t`` and
+Estimates: ``lambda_max = ||v_t||`` (float; or, with ``estimate="rayleigh"``, the
+bias-corrected running average of ``v_hat_t . y_t``), ``hvp = y_t`` and
 ``hvp_direction = v_hat_t`` (flat).
 """
 
@@ -61,6 +62,9 @@ class OnlineEigenSAM(SAM):
             (``1``: plain power iteration on each mini-batch Hessian).
         eig_rho: finite-difference radius along ``v_hat`` (> 0; default ``|rho|``, or
             0.05 when ``rho = 0``).
+        estimate: ``"norm"``: ``lambda_max = ||v_t||``; ``"rayleigh"``: the same running
+            average of the Rayleigh quotients ``v_hat_t . y_t`` (linear in the mini-batch
+            Hessian, so batch noise averages out instead of adding to a norm).
         seed: seeds the random start vector ``v_0`` (its own generator; the global
             RNG is not touched).
 
@@ -70,7 +74,11 @@ class OnlineEigenSAM(SAM):
 
     def __init__(self, params: Any, base_optimizer: type[Optimizer], rho: float = 0.05,
                  adaptive: bool = False, *, beta: float = 0.2, eig_rho: float | None = None,
-                 seed: int = 0, model: nn.Module | None = None, **kwargs: Any) -> None:
+                 estimate: str = "norm", seed: int = 0, model: nn.Module | None = None,
+                 **kwargs: Any) -> None:
+        if estimate not in ("norm", "rayleigh"):
+            raise ValueError(f"invalid estimate={estimate!r}: choose 'norm' or 'rayleigh'")
+        self.estimate = estimate
         beta = float(beta)
         self._check_hyper("beta", beta, low=0.0, high=1.0, low_open=True)
         if eig_rho is None:
@@ -105,6 +113,7 @@ class OnlineEigenSAM(SAM):
             v0 = torch.randn(g.shape, generator=gen, device=g.device, dtype=g.dtype)
             head["eig_v"] = v0 / torch.linalg.vector_norm(v0)
             head["eig_m"] = torch.zeros_like(g)
+            head["eig_r"] = torch.zeros((), dtype=g.dtype, device=g.device)
         v_hat = safe_div(head["eig_v"], torch.linalg.vector_norm(head["eig_v"]))
         # gradient at w_t + eig_rho v_hat on the same batch; w_{t+1} is restored after
         saved = [p.detach().clone() for p in params]
@@ -118,10 +127,14 @@ class OnlineEigenSAM(SAM):
         y = (g_v - g) / self.eig_rho
         m = head["eig_m"]
         m.mul_(1.0 - self.beta).add_(y, alpha=self.beta)
-        v = m / (1.0 - (1.0 - self.beta) ** t)
+        corr = 1.0 - (1.0 - self.beta) ** t
+        v = m / corr
         head["eig_v"] = v
+        r = head["eig_r"]
+        r.mul_(1.0 - self.beta).add_(v_hat @ y, alpha=self.beta)
+        lam = global_norm([v]) if self.estimate == "norm" else r / corr
         self.estimates = {
-            "lambda_max": float(global_norm([v])),
+            "lambda_max": float(lam),
             "hvp": y,
             "hvp_direction": v_hat,
         }
