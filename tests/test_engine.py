@@ -282,6 +282,11 @@ def test_chunked_and_cached_matmat_match(digits):
     assert rel(auto @ V, ref) < 1e-13 and len(auto.problem._graphs) == 2
     bounded = cv.HessianOperator(model, F.cross_entropy, data, max_cache_bytes=1024)
     assert rel(bounded @ V, ref) < 1e-13 and len(bounded.problem._graphs) == 0
+    assert bounded.problem._batched_ok is not None  # the faster column path was chosen
+    for batched in (True, False):  # both column paths, whichever timing picks
+        forced = cv.HessianOperator(model, F.cross_entropy, data)
+        forced.problem._batched_ok = batched
+        assert rel(forced @ V, ref) < 1e-13
 
 
 def test_operator_refuses_a_model_changed_after_construction(digits):
