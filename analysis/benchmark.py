@@ -966,6 +966,17 @@ def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def summary_table(ratios: pd.DataFrame) -> str:
+    """Markdown pivot: one row per workload and peer, one column per task (speedups)."""
+    tasks = [t for t in TASKS[1:] if t in set(ratios.task)]
+    lines = ["| workload | peer | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+    for (wl, peer), g in ratios.groupby(["workload", "peer"], sort=False):
+        cells = g.set_index("task").speedup_str
+        lines.append(f"| {wl} | {peer} | " + " | ".join(str(cells.get(t, "-")) for t in tasks)
+                     + " |")
+    return "\n".join(lines)
+
+
 def _fmt(x: Any, spec: str = ".3g") -> str:
     if isinstance(x, (float, np.floating)):
         if math.isnan(x):
@@ -1288,6 +1299,14 @@ def write_report(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: p
         "num_data=N)`, curvature as `HessianOperator(model, loss, batches)` with its defaults "
         "(graph cache on under the 1 GiB bound). Each task builds its operator inside the "
         "timed region.",
+        "",
+        "## Summary: speedup of curvature over each peer (peer time / curvature time)",
+        "",
+        summary_table(ratios),
+        "",
+        "`>=`: the peer was stopped at the time limit (a lower bound); `extrap.`: time "
+        "scaled from part of the work (see Method notes). Accuracy, product counts and "
+        "memory for every cell are in the next table.",
         "",
         "## Ratios (peer time / curvature time; > 1 means curvature is faster)",
         "",
