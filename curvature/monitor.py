@@ -541,6 +541,7 @@ def plot_history(history: pd.DataFrame, path: str | Path | None = None, *, title
     ax.plot(steps, h["trace_full"], "s--", label="trace (full data)")
     ax.set_yscale("symlog" if (h[["lambda_max_full", "trace_full"]] <= 0).any().any() else "log")
     ax.set_title("full-data curvature")
+    ax.set_ylabel("loss / weight$^2$ (trace: sum over all directions)")
     for ax in axes:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
