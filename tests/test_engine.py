@@ -289,6 +289,29 @@ def test_chunked_and_cached_matmat_match(digits):
         assert rel(forced @ V, ref) < 1e-13
 
 
+def test_wide_products_checked_forward_over_reverse(digits):
+    """Blocks of >= 8 columns may go through jvp-of-grad, but only if it agrees."""
+    X, y = digits
+    img = X.reshape(-1, 1, 8, 8)[:40]
+    model, data = cnn(), (img, y[:40])
+    H = cv.dense_hessian(model, F.cross_entropy, data)
+    V = probe_block(H.shape[0], 10)
+    op = cv.HessianOperator(model, F.cross_entropy, data)
+    for _ in range(2):
+        assert rel(op @ V, H @ V) < 1e-10
+    assert op.problem._func_ok is not None  # calibrated on the first wide product
+    forced = cv.HessianOperator(model, F.cross_entropy, data)
+    forced.problem._func_ok = True
+    assert rel(forced @ V, H @ V) < 1e-10
+    # a path that disagrees with double backward is never chosen, however fast
+    wrong = cv.HessianOperator(model, F.cross_entropy, data)
+    exact_func = wrong.problem._hvp_func
+    wrong.problem._hvp_func = lambda V, b, c: (1.01 * exact_func(V, b, c)[0], exact_func(V, b, c)[1])
+    assert rel(wrong @ V, H @ V) < 1e-10
+    assert wrong.problem._func_ok is False
+    assert rel(wrong @ V, H @ V) < 1e-10
+
+
 def test_operator_refuses_a_model_changed_after_construction(digits):
     X, y = digits
     model = mlp()
