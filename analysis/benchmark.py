@@ -1063,7 +1063,7 @@ def discussion(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: pd.
         if math.isnan(c1):
             return ""
         return (f" A k-column product costs curvature {c1:.2f} gradients per column at k = 1 "
-                f"and {c32:.2f} at k = 32 (batched second backward on cached graphs), "
+                f"and {c32:.2f} at k = 32 (the engine's faster checked path), "
                 f"curvlinops {l32:.2f} at k = 32 (vmap over forward-over-reverse): on this "
                 "model batching the second backward over columns "
                 + ("saves little, " if c32 > 0.6 * c1 else "helps, ")
@@ -1381,9 +1381,13 @@ def write_report(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: p
             "## Cost per column of a k-column product (gradients per column, warm operators)",
             "",
             "Block estimators (Hutch++, the density's probe block) multiply many vectors at "
-            "once. curvature batches the second backward over the columns "
-            "(`is_grads_batched`) on cached graphs; curvlinops vmaps forward-over-reverse "
-            "(`jvp` of `jacrev`) over them. Medians of 3.",
+            "once. For 8 or more columns curvature times, once per operator, the second "
+            "backward batched over the columns (`is_grads_batched`, cached graphs) against "
+            "vmapped forward-over-reverse, and keeps the faster only if it matches double "
+            "backward; curvlinops vmaps forward-over-reverse (`jvp` of `jacrev`) over them. "
+            "Medians of 3. This table was re-measured (`--matmat-only`) after that engine "
+            "change; the trace and density rows above come from the earlier full run, "
+            "when curvature always used the batched second backward.",
             "",
             markdown(piv, cols, {"curvature": ".2f", "curvlinops": ".2f"}),
         ]
