@@ -307,9 +307,9 @@ def test_wide_products_checked_forward_over_reverse(digits):
     wrong = cv.HessianOperator(model, F.cross_entropy, data)
     exact_func = wrong.problem._hvp_func
     wrong.problem._hvp_func = lambda V, b, c: (1.01 * exact_func(V, b, c)[0], exact_func(V, b, c)[1])
-    assert rel(wrong @ V, H @ V) < 1e-10
+    for _ in range(3):  # column path settled by the first product, jvp path by the second
+        assert rel(wrong @ V, H @ V) < 1e-10
     assert wrong.problem._func_ok is False
-    assert rel(wrong @ V, H @ V) < 1e-10
 
 
 def test_operator_refuses_a_model_changed_after_construction(digits):
