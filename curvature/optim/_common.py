@@ -110,6 +110,22 @@ class CurvatureOptimizer(Optimizer):
         """Keep the flat iterate ``w_t`` at which this step's estimates are taken."""
         self.estimate_params = flat([p.detach() for p in self._params()])
 
+    def _heavy_ball(self, params: Sequence[Tensor], directions: list[Tensor],
+                    momentum: float) -> list[Tensor]:
+        """Heavy-ball buffers ``b = momentum b + d`` (``b_0 = d``, torch.optim.SGD's rule).
+
+        Returns the updated buffers, which replace ``directions`` as the step.
+        """
+        bufs = []
+        for p, dp in zip(params, directions):
+            s = self.state[p]
+            if "momentum_buffer" not in s:
+                s["momentum_buffer"] = dp.clone()
+            else:
+                s["momentum_buffer"].mul_(momentum).add_(dp)
+            bufs.append(s["momentum_buffer"])
+        return bufs
+
     def _evaluate_and_record(self, closure: Any) -> Any:
         """Call ``closure`` (if any) with gradients on, record ``w_t``, return the loss."""
         loss = None

@@ -125,15 +125,7 @@ class AcceleratedSAM(CurvatureOptimizer):
             if group["weight_decay"] != 0:
                 d = torch._foreach_add(d, ps, alpha=group["weight_decay"])
             if group["momentum"] != 0:
-                bufs = []
-                for p, dp in zip(ps, d):
-                    s = self.state[p]
-                    if "momentum_buffer" not in s:
-                        s["momentum_buffer"] = dp.clone()
-                    else:
-                        s["momentum_buffer"].mul_(group["momentum"]).add_(dp)
-                    bufs.append(s["momentum_buffer"])
-                d = bufs
+                d = self._heavy_ball(ps, d, group["momentum"])
             step = -group["lr"] / h_norm.clamp_min(group["eps"])
             torch._foreach_add_(ps, torch._foreach_mul(d, step))
 

@@ -128,14 +128,6 @@ class ForwardSAM(CurvatureOptimizer):
                                                alpha=-group["alpha"] / group["lr"])
             i += len(ps)
             if group["momentum"] != 0:
-                bufs = []
-                for p, dp in zip(ps, direction):
-                    s = self.state[p]
-                    if "momentum_buffer" not in s:
-                        s["momentum_buffer"] = dp.clone()
-                    else:
-                        s["momentum_buffer"].mul_(group["momentum"]).add_(dp)
-                    bufs.append(s["momentum_buffer"])
-                direction = bufs
+                direction = self._heavy_ball(ps, direction, group["momentum"])
             torch._foreach_add_(ps, direction, alpha=-group["lr"])
         return loss
