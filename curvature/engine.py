@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -37,6 +39,22 @@ __all__ = ["Problem", "all_reduce_sum", "as_batches", "batch_size_of", "NonFinit
 
 FUNC_MIN_COLUMNS = 8
 """Products with at least this many columns may use vectorised forward-over-reverse."""
+
+
+@dataclasses.dataclass
+class _PathChoice:
+    """Measured choices for multi-column exact products on one module.
+
+    ``batched``: second backward vmapped over columns (else one backward per column).
+    ``func``: blocks of >= ``FUNC_MIN_COLUMNS`` columns by vectorised jvp-of-grad,
+    adopted only after it matched double backward. ``None``: not decided yet.
+    """
+
+    batched: bool | None = None
+    func: bool | None = None
+
+
+_PATH_CHOICES: weakref.WeakKeyDictionary[nn.Module, _PathChoice] = weakref.WeakKeyDictionary()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -206,8 +224,9 @@ class Problem:
         # model that changed after the operator was built.
         self._versions = self._state_versions()
         self._graph_checked = False
-        self._batched_ok: bool | None = None  # decided by timing on first use
-        self._func_ok: bool | None = None  # wide products by jvp-of-grad: checked, timed
+        # How multi-column products are computed, decided by measurement on first use
+        # and shared by every operator built on the same module afterwards.
+        self._paths = _PATH_CHOICES.setdefault(self.model, _PathChoice())
 
     @staticmethod
     def _select(model: nn.Module, named: dict[str, Tensor], params) -> list[str]:
@@ -361,10 +380,10 @@ class Problem:
         """
         total = torch.zeros_like(V)
         count, losses = 0, []
-        wide = V.shape[1] >= FUNC_MIN_COLUMNS and self._func_ok is not False
+        wide = V.shape[1] >= FUNC_MIN_COLUMNS and self._paths.func is not False
         with self._session(), self._differentiable():
             for i, nb, batch in self._iterate(progress, "hvp"):
-                if wide and self._func_ok:
+                if wide and self._paths.func:
                     hv, loss = self._hvp_func(V, batch, chunk_size)
                 else:
                     cached = i in self._graphs
@@ -384,7 +403,7 @@ class Problem:
                             self._graphs[i] = (g, loss)
                     # decide the jvp path only once the column path is settled, so the
                     # reference time holds no timing experiment of its own
-                    calibrate = wide and self._func_ok is None and self._batched_ok is not None
+                    calibrate = wide and self._paths.func is None and self._paths.batched is not None
                     t1 = time.perf_counter()
                     hv = self._second_backward(g, V, chunk_size)
                     if calibrate:
@@ -444,12 +463,12 @@ class Problem:
             self._sync(V)
             t_func = (time.perf_counter() - t0) / cols
         except Exception:  # no forward-mode or batching rule somewhere: keep double backward
-            self._func_ok = False
+            self._paths.func = False
             return
         ref = reference
         scale = torch.linalg.vector_norm(ref).clamp_min(torch.finfo(V.dtype).tiny)
         err = float(torch.linalg.vector_norm(hv - ref) / scale)
-        self._func_ok = (
+        self._paths.func = (
             err <= 1e4 * torch.finfo(V.dtype).eps and t_func < t_reference / V.shape[1]
         )
 
@@ -512,15 +531,15 @@ class Problem:
         for start in range(0, k, step):
             block = V[:, start : start + step]
             try:
-                if block.shape[1] > 1 and self._batched_ok is None:
+                if block.shape[1] > 1 and self._paths.batched is None:
                     out[:, start : start + step] = self._time_both(g, block)
-                elif block.shape[1] > 1 and self._batched_ok:
+                elif block.shape[1] > 1 and self._paths.batched:
                     out[:, start : start + step] = self._flat_grad(g, block.T, batched=True).T
                 else:
                     out[:, start : start + step] = self._loop_grad(g, block)
             except RuntimeError as err:
-                if self._batched_ok is not False and block.shape[1] > 1 and "vmap" in str(err).lower():
-                    self._batched_ok = False  # an op without a batching rule: loop instead
+                if self._paths.batched is not False and block.shape[1] > 1 and "vmap" in str(err).lower():
+                    self._paths.batched = False  # an op without a batching rule: loop instead
                     return self._second_backward(g, V, chunk_size)
                 raise self._no_double_backward(err) from err
         return out
@@ -542,11 +561,11 @@ class Problem:
                 self._loop_grad(g, probe)
             self._sync(block)
             times.append(time.perf_counter() - t0)
-        self._batched_ok = times[0] <= times[1]
+        self._paths.batched = times[0] <= times[1]
         rest = block[:, probe.shape[1] :]
         if rest.shape[1] == 0:
             return head
-        tail = self._flat_grad(g, rest.T, batched=True).T if self._batched_ok else self._loop_grad(g, rest)
+        tail = self._flat_grad(g, rest.T, batched=True).T if self._paths.batched else self._loop_grad(g, rest)
         return torch.cat([head, tail], dim=1)
 
     def _flat_grad(self, g: Tensor, v: Tensor, batched: bool) -> Tensor:

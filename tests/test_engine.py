@@ -282,10 +282,10 @@ def test_chunked_and_cached_matmat_match(digits):
     assert rel(auto @ V, ref) < 1e-13 and len(auto.problem._graphs) == 2
     bounded = cv.HessianOperator(model, F.cross_entropy, data, max_cache_bytes=1024)
     assert rel(bounded @ V, ref) < 1e-13 and len(bounded.problem._graphs) == 0
-    assert bounded.problem._batched_ok is not None  # the faster column path was chosen
+    assert bounded.problem._paths.batched is not None  # the faster column path was chosen
     for batched in (True, False):  # both column paths, whichever timing picks
         forced = cv.HessianOperator(model, F.cross_entropy, data)
-        forced.problem._batched_ok = batched
+        forced.problem._paths.batched = batched  # shared by operators on this model
         assert rel(forced @ V, ref) < 1e-13
 
 
@@ -299,17 +299,20 @@ def test_wide_products_checked_forward_over_reverse(digits):
     op = cv.HessianOperator(model, F.cross_entropy, data)
     for _ in range(2):
         assert rel(op @ V, H @ V) < 1e-10
-    assert op.problem._func_ok is not None  # calibrated on the first wide product
-    forced = cv.HessianOperator(model, F.cross_entropy, data)
-    forced.problem._func_ok = True
-    assert rel(forced @ V, H @ V) < 1e-10
+    decided = op.problem._paths
+    assert decided.func is not None  # calibrated on the second wide product
+    again = cv.HessianOperator(model, F.cross_entropy, data)
+    assert again.problem._paths is decided  # later operators on the model reuse it
+    again.problem._paths.func = True
+    assert rel(again @ V, H @ V) < 1e-10
     # a path that disagrees with double backward is never chosen, however fast
-    wrong = cv.HessianOperator(model, F.cross_entropy, data)
+    wrong = cv.HessianOperator(cnn(), F.cross_entropy, data)  # same weights, new module
+    assert wrong.problem._paths is not decided
     exact_func = wrong.problem._hvp_func
     wrong.problem._hvp_func = lambda V, b, c: (1.01 * exact_func(V, b, c)[0], exact_func(V, b, c)[1])
     for _ in range(3):  # column path settled by the first product, jvp path by the second
         assert rel(wrong @ V, H @ V) < 1e-10
-    assert wrong.problem._func_ok is False
+    assert wrong.problem._paths.func is False
 
 
 def test_operator_refuses_a_model_changed_after_construction(digits):
