@@ -1385,9 +1385,7 @@ def write_report(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: p
             "backward batched over the columns (`is_grads_batched`, cached graphs) against "
             "vmapped forward-over-reverse, and keeps the faster only if it matches double "
             "backward; curvlinops vmaps forward-over-reverse (`jvp` of `jacrev`) over them. "
-            "Medians of 3. This table was re-measured (`--matmat-only`) after that engine "
-            "change; the trace and density rows above come from the earlier full run, "
-            "when curvature always used the batched second backward.",
+            "Medians of 3.",
             "",
             markdown(piv, cols, {"curvature": ".2f", "curvlinops": ".2f"}),
         ]
