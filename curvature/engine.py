@@ -265,9 +265,6 @@ class Problem:
             for k, t, s in zip(self.names, torch.split(w, self.numels), self.shapes)
         }
 
-    def flatten(self, tensors: Sequence[Tensor]) -> Tensor:
-        return torch.cat([t.reshape(-1) for t in tensors])
-
     def forward(self, w: Tensor, inputs: Any) -> Any:
         """Model outputs at flat parameters ``w``."""
         params = {**self.fixed, **self.unflatten(w)}

@@ -143,8 +143,6 @@ class DenseOperator(CurvatureOperator):
 class _ModelOperator(CurvatureOperator):
     """Shared construction of model-based operators (Hessian, GGN)."""
 
-    _kind: str = ""
-
     def __init__(
         self,
         model: nn.Module,
