@@ -1,11 +1,20 @@
-"""Two gloo processes on uneven shards give the single-process operator (1e-8 relative)."""
+"""Two gloo processes on uneven shards give the single-process operator (1e-8 relative).
+
+The ranks run as plain subprocesses of this file (``python test_distributed.py RANK ...``)
+so that a failing rank's whole stderr reaches the assertion message, and each rank
+writes its own result, compared with the single-process one.
+"""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -14,6 +23,7 @@ import curvature as cv
 pytestmark = pytest.mark.distributed
 
 SPLIT = 37  # rank 0 holds examples [0, 37), rank 1 the other 83: uneven shards
+WORLD = 2
 
 
 def workload():
@@ -50,23 +60,58 @@ def products(model, data, V):
     return out
 
 
-def worker(rank, world, init_file, result_file):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+def run_rank(rank: int, port: int, result_file: str) -> None:
+    """One rank: join the group, compute on its shard, save, and leave in step."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
     try:
         model, x, y, V = workload()
-        out = products(model, shard(x, y, rank), V)
-        if rank == 0:
-            torch.save(out, result_file)
+        torch.save(products(model, shard(x, y, rank), V), result_file)
+        dist.barrier()  # no rank tears down while another still communicates
     finally:
         dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_two_gloo_processes_match_single_process(tmp_path):
     model, x, y, V = workload()
     single = products(model, [(x, y)], V)
-    result = tmp_path / "result.pt"
-    mp.spawn(worker, args=(2, str(tmp_path / "init"), str(result)), nprocs=2, join=True)
-    multi = torch.load(result, weights_only=True)
-    for key, ref in single.items():
-        err = float((multi[key] - ref).norm() / ref.norm())
-        assert err < 1e-8, (key, err)
+    port = free_port()
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, str(rank), str(port), str(tmp_path / f"rank{rank}.pt")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in range(WORLD)
+    ]
+    logs = []
+    for proc in procs:
+        try:
+            logs.append(proc.communicate(timeout=240)[0])
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+    for rank, (proc, log) in enumerate(zip(procs, logs)):
+        assert proc.returncode == 0, f"rank {rank} exited with {proc.returncode}:\n{log}"
+    for rank in range(WORLD):
+        multi = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for key, ref in single.items():
+            err = float((multi[key] - ref).norm() / ref.norm())
+            assert err < 1e-8, (rank, key, err)
+
+
+if __name__ == "__main__":
+    run_rank(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
