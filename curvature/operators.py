@@ -154,12 +154,16 @@ class _ModelOperator(CurvatureOperator):
         dtype: torch.dtype | None = None,
         progress: bool = False,
         chunk_size: int | None = None,
+        max_chunk_bytes: float = 2**30,
     ) -> None:
         self.problem = engine.Problem(
             model, loss_fn, data, params=params, device=device, dtype=dtype
         )
         self.progress = progress
         self.chunk_size = chunk_size
+        if not max_chunk_bytes > 0:
+            raise ValueError(f"max_chunk_bytes must be positive, got {max_chunk_bytes!r}")
+        self.max_chunk_bytes = max_chunk_bytes
         super().__init__(self.problem.num_params, self.problem.device, self.problem.dtype)
 
     @property
@@ -212,8 +216,13 @@ class HessianOperator(_ModelOperator):
         Where and in which precision to compute. A different dtype/device works on
         a copy of the model, never the user's.
     chunk_size : int, optional
-        Number of vectors pushed through the model at once by :meth:`matmat`
-        (bounds memory; default: all).
+        Number of vectors pushed through the model at once by :meth:`matmat`.
+        ``None`` (default) sizes it from memory: each vector of a vectorised pass
+        holds about one copy of the tensors autograd saves for a batch's gradient
+        graph (measured on the first batch), and as many vectors go at once as keep
+        that under ``max_chunk_bytes``.
+    max_chunk_bytes : float
+        Memory bound of one vectorised pass for ``chunk_size=None`` (default 1 GiB).
     cache_graphs : bool or None
         Exact method only. Each product needs, per batch, a forward pass and a first
         backward with its graph, then one second backward per vector. Kept graphs
@@ -240,6 +249,7 @@ class HessianOperator(_ModelOperator):
         dtype: torch.dtype | None = None,
         progress: bool = False,
         chunk_size: int | None = None,
+        max_chunk_bytes: float = 2**30,
         cache_graphs: bool | None = None,
         max_cache_bytes: float = 2**30,
     ) -> None:
@@ -249,7 +259,7 @@ class HessianOperator(_ModelOperator):
             raise ValueError(f"eps must be a positive finite number, got {eps!r}")
         super().__init__(
             model, loss_fn, data, params=params, device=device, dtype=dtype,
-            progress=progress, chunk_size=chunk_size,
+            progress=progress, chunk_size=chunk_size, max_chunk_bytes=max_chunk_bytes,
         )
         self.method = method
         self.eps = eps
@@ -264,6 +274,7 @@ class HessianOperator(_ModelOperator):
                 progress=self.progress,
                 cache_graphs=self.cache_graphs,
                 max_cache_bytes=self.max_cache_bytes,
+                max_chunk_bytes=self.max_chunk_bytes,
             )
         return self.problem.hvp_fd(
             V, eps=self.eps, central=self.method == "fd-central", progress=self.progress
@@ -279,4 +290,7 @@ class GGNOperator(_ModelOperator):
     """
 
     def _matmat(self, V: Tensor) -> Tensor:
-        return self.problem.ggn(V, chunk_size=self.chunk_size, progress=self.progress)
+        return self.problem.ggn(
+            V, chunk_size=self.chunk_size, progress=self.progress,
+            max_chunk_bytes=self.max_chunk_bytes,
+        )

@@ -10,6 +10,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import curvature as cv
+from curvature import engine
 
 
 @pytest.fixture(autouse=True)
@@ -287,6 +288,62 @@ def test_chunked_and_cached_matmat_match(digits):
         forced = cv.HessianOperator(model, F.cross_entropy, data)
         forced.problem._paths.batched = batched  # shared by operators on this model
         assert rel(forced @ V, ref) < 1e-13
+
+
+def test_chunks_sized_from_measured_memory(digits, monkeypatch):
+    """``chunk_size=None``: columns per vectorised pass = max_chunk_bytes / measured bytes."""
+    X, y = digits
+    img = X.reshape(-1, 1, 8, 8)[:40]
+    model, data = cnn(), [(img[:25], y[:25]), (img[25:], y[25:40])]
+    H = cv.dense_hessian(model, F.cross_entropy, data)
+    V = probe_block(H.shape[0], 10)
+    free = cv.HessianOperator(model, F.cross_entropy, data)
+    assert rel(free @ V, H @ V) < 1e-10
+    per_column = free.problem._column_bytes
+    assert per_column > 0  # measured on the first batch's gradient graph
+    assert free.problem.chunk_for(10, None, 2**30) is None  # 1 GiB: all columns at once
+    assert free.problem.chunk_for(10, None, 2.5 * per_column) == 2
+    assert free.problem.chunk_for(10, None, 0.1 * per_column) == 1
+    assert free.problem.chunk_for(10, 4, 0.1 * per_column) == 4  # explicit chunk_size wins
+    for path in ("batched", "func"):
+        model_b = cnn()  # a new module: its own path choices
+        op = cv.HessianOperator(model_b, F.cross_entropy, data, max_chunk_bytes=2.5 * per_column)
+        op.problem._paths.batched = True
+        op.problem._paths.func = path == "func"
+        widths = []
+        if path == "batched":
+            inner = op.problem._flat_grad
+
+            def spy(g, v, batched, inner=inner, widths=widths):
+                widths.append(v.shape[0] if batched else 1)
+                return inner(g, v, batched)
+
+            op.problem._flat_grad = spy
+        else:
+            inner = op.problem._hvp_func
+
+            def spy(V, batch, chunk, inner=inner, widths=widths):
+                widths.append(chunk)
+                return inner(V, batch, chunk)
+
+            op.problem._hvp_func = spy
+        assert rel(op @ V, H @ V) < 1e-10, path
+        assert widths and max(widths) == 2, (path, widths)
+    ggn = cv.GGNOperator(model, F.cross_entropy, data)
+    G = ggn @ V
+    small = cv.GGNOperator(model, F.cross_entropy, data, max_chunk_bytes=1)
+    chunks = []
+    real_vmap = engine.vmap
+
+    def vmap_spy(fn, **kwargs):
+        chunks.append(kwargs.get("chunk_size"))
+        return real_vmap(fn, **kwargs)
+
+    monkeypatch.setattr(engine, "vmap", vmap_spy)
+    assert rel(small @ V, G) < 1e-12
+    assert chunks == [1, 1] and small.problem._forward_column_bytes > 0
+    with pytest.raises(ValueError, match="max_chunk_bytes"):
+        cv.HessianOperator(model, F.cross_entropy, data, max_chunk_bytes=0)
 
 
 def test_wide_products_checked_forward_over_reverse(digits):
