@@ -157,8 +157,8 @@ def plot_density(
             ``evaluate(grid, sigma)``).
         eigenvalues: ``label -> values`` computed by Lanczos (top and bottom ``k``);
             drawn as short ticks under the curve of the same colour. The extremes of
-            each curve (``lambda_min``, ``lambda_max``) are marked by dashed lines
-            and named in the legend.
+            each curve (``lambda_min``, ``lambda_max``: the outermost of these values
+            and the density's nodes) are marked by dashed lines and named in the legend.
         sigma: Gaussian width in eigenvalue units (default: common ``range / 300``).
         log: logarithmic density axis (the outliers carry weight ~ 1/n).
         floor: lowest density shown, relative to the highest peak.
@@ -175,10 +175,13 @@ def plot_density(
         y = np.asarray(dens.evaluate(grid, sigma), dtype=np.float64)
         peak = max(peak, float(y.max()))
         vals = None if eigenvalues is None else eigenvalues.get(label)
+        # Ritz values (Lanczos eigenvalues and SLQ nodes alike) lie inside the spectrum,
+        # so the outermost of both is the best estimate of each end -- also when only
+        # the top k eigenvalues are given
+        ends = np.asarray(dens.nodes, dtype=np.float64).reshape(-1)
         if vals is not None and len(vals):
-            lo, hi = float(np.min(vals)), float(np.max(vals))
-        else:
-            lo, hi = float(dens.nodes.min()), float(dens.nodes.max())
+            ends = np.concatenate([ends, np.asarray(vals, dtype=np.float64).reshape(-1)])
+        lo, hi = float(ends.min()), float(ends.max())
         ax.plot(grid, y, color=color,
                 label=rf"{label}: $\lambda_{{\max}}$ = {hi:.4g}, $\lambda_{{\min}}$ = {lo:.3g}")
         for v, ls in ((lo, ":"), (hi, "--")):

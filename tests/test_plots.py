@@ -34,6 +34,11 @@ def test_density_plot_marks_extremes_on_a_log_axis(tmp_path):
     assert np.trapezoid(line.get_ydata(), line.get_xdata()) == pytest.approx(1.0, rel=1e-3)
     path = plots.save_figure(ax.figure, tmp_path / "d.png")
     assert path.read_bytes()[:8] == PNG
+    # only the top eigenvalues given: lambda_min still comes from the density's nodes
+    ax = plots.plot_density({"a": _density([-0.3, 0.0, 4.9])}, eigenvalues={"a": [5.0, 1.0]})
+    label = ax.get_legend().get_texts()[0].get_text()
+    assert "= 5," in label and "= -0.3" in label
+    plots.save_figure(ax.figure, tmp_path / "top_only.png")
 
 
 def test_eigenvalues_trajectories_heatmap(tmp_path):
