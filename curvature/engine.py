@@ -361,7 +361,7 @@ class Problem:
         progress: bool = False,
         cache_graphs: bool | None = None,
         max_cache_bytes: float = 2**30,
-        max_chunk_bytes: float = 2**30,
+        max_chunk_bytes: float = 2**28,
     ) -> Tensor:
         """Exact ``H V`` for ``V: Tensor[n, k]`` in one pass over the data.
 
@@ -384,13 +384,21 @@ class Problem:
         """
         total = torch.zeros_like(V)
         count, losses = 0, []
-        wide = V.shape[1] >= FUNC_MIN_COLUMNS and self._paths.func is not False
+        k = V.shape[1]
+
+        def vectorised(chunk: int | None) -> bool:
+            # the jvp path only for blocks of at least FUNC_MIN_COLUMNS columns per pass:
+            # a memory-bound chunk of 2 must not decide (or use) the path of wide blocks
+            width = k if chunk is None else min(k, chunk)
+            return width >= FUNC_MIN_COLUMNS and self._paths.func is not False
+
         with self._session(), self._differentiable():
             for i, nb, batch in self._iterate(progress, "hvp"):
-                if wide and self._paths.func:
+                if self._paths.func and vectorised(None):
                     if self._column_bytes is None and chunk_size is None:
                         self._gradient_graph(batch, measure=True)
-                    chunk = self.chunk_for(V.shape[1], chunk_size, max_chunk_bytes)
+                chunk = self.chunk_for(k, chunk_size, max_chunk_bytes)
+                if self._paths.func and vectorised(chunk):
                     hv, loss = self._hvp_func(V, batch, chunk)
                 else:
                     cached = i in self._graphs
@@ -405,10 +413,13 @@ class Problem:
                             cache_graphs or (cache_graphs is None and self._cache_ok)
                         ):
                             self._graphs[i] = (g, loss)
-                    chunk = self.chunk_for(V.shape[1], chunk_size, max_chunk_bytes)
+                    chunk = self.chunk_for(k, chunk_size, max_chunk_bytes)
                     # decide the jvp path only once the column path is settled, so the
                     # reference time holds no timing experiment of its own
-                    calibrate = wide and self._paths.func is None and self._paths.batched is not None
+                    calibrate = (
+                        vectorised(chunk) and self._paths.func is None
+                        and self._paths.batched is not None
+                    )
                     t1 = time.perf_counter()
                     hv = self._second_backward(g, V, chunk)
                     if calibrate:
@@ -683,7 +694,7 @@ class Problem:
         V: Tensor,
         chunk_size: int | None = None,
         progress: bool = False,
-        max_chunk_bytes: float = 2**30,
+        max_chunk_bytes: float = 2**28,
     ) -> Tensor:
         """Generalised Gauss-Newton product ``G V = J^T H_out J V`` in one pass over the data.
 
