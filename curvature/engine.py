@@ -361,7 +361,7 @@ class Problem:
         progress: bool = False,
         cache_graphs: bool | None = None,
         max_cache_bytes: float = 2**30,
-        max_chunk_bytes: float = 2**28,
+        max_chunk_bytes: float = 2**29,
     ) -> Tensor:
         """Exact ``H V`` for ``V: Tensor[n, k]`` in one pass over the data.
 
@@ -694,7 +694,7 @@ class Problem:
         V: Tensor,
         chunk_size: int | None = None,
         progress: bool = False,
-        max_chunk_bytes: float = 2**28,
+        max_chunk_bytes: float = 2**29,
     ) -> Tensor:
         """Generalised Gauss-Newton product ``G V = J^T H_out J V`` in one pass over the data.
 
