@@ -125,6 +125,19 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
+@contextlib.contextmanager
+def _saved_bytes() -> Iterator[list[int]]:
+    """Count the bytes of the tensors autograd saves inside the block (into ``[total]``)."""
+    total = [0]
+
+    def pack(t: Tensor) -> Tensor:
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield total
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -454,17 +467,10 @@ class Problem:
 
     def _forward_bytes(self, batch: Any) -> int:
         """Bytes autograd saves for one forward pass and loss of ``batch`` (measured)."""
-        nbytes = 0
-
-        def pack(t: Tensor) -> Tensor:
-            nonlocal nbytes
-            nbytes += t.numel() * t.element_size()
-            return t
-
-        with self._differentiable(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with self._differentiable(), _saved_bytes() as nbytes:
             inputs = batch[0] if isinstance(batch[0], tuple) else (batch[0],)
             self.loss_fn(self.model(*inputs), batch[1])
-        return max(nbytes, 1)
+        return max(nbytes[0], 1)
 
     @staticmethod
     def _sync(t: Tensor) -> None:
@@ -543,20 +549,8 @@ class Problem:
 
     def _gradient_graph(self, batch: Any, measure: bool = False) -> tuple[Tensor, Tensor, int]:
         """Flat batch gradient with its graph (``create_graph=True``), the loss, and the
-        bytes of the tensors autograd saved for it (counted when ``measure``)."""
-        nbytes = 0
-
-        def pack(t: Tensor) -> Tensor:
-            nonlocal nbytes
-            nbytes += t.numel() * t.element_size()
-            return t
-
-        hooks = (
-            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-            if measure
-            else contextlib.nullcontext()
-        )
-        with hooks:
+        bytes of the tensors autograd saved for it (counted when ``measure``, else 0)."""
+        with _saved_bytes() if measure else contextlib.nullcontext([0]) as nbytes:
             inputs = batch[0] if isinstance(batch[0], tuple) else (batch[0],)
             loss = self.loss_fn(self.model(*inputs), batch[1])
             if not self._graph_checked:
@@ -565,6 +559,7 @@ class Problem:
             grads = torch.autograd.grad(
                 loss, self.param_list, create_graph=True, allow_unused=True
             )
+        nbytes = nbytes[0]
         if measure:
             self._column_bytes = max(nbytes, 1)
         g = torch.cat(
