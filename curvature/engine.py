@@ -419,7 +419,7 @@ class Problem:
                     if cached:
                         g, loss = self._graphs[i]
                     else:
-                        g, loss, _ = self._gradient_graph(batch, measure=self._column_bytes is None)
+                        g, loss = self._gradient_graph(batch, measure=self._column_bytes is None)
                         if cache_graphs is None and self._cache_ok is None and not self._stream:
                             self._cache_ok = self._column_bytes * len(self.batches) <= max_cache_bytes
                         if not self._stream and (
@@ -547,9 +547,9 @@ class Problem:
             for p, flag in zip(self.param_list, flags):
                 p.requires_grad_(flag)
 
-    def _gradient_graph(self, batch: Any, measure: bool = False) -> tuple[Tensor, Tensor, int]:
-        """Flat batch gradient with its graph (``create_graph=True``), the loss, and the
-        bytes of the tensors autograd saved for it (counted when ``measure``, else 0)."""
+    def _gradient_graph(self, batch: Any, measure: bool = False) -> tuple[Tensor, Tensor]:
+        """Flat batch gradient with its graph (``create_graph=True``) and the loss; with
+        ``measure``, the bytes autograd saved for it go to ``_column_bytes``."""
         with _saved_bytes() if measure else contextlib.nullcontext([0]) as nbytes:
             inputs = batch[0] if isinstance(batch[0], tuple) else (batch[0],)
             loss = self.loss_fn(self.model(*inputs), batch[1])
@@ -559,14 +559,13 @@ class Problem:
             grads = torch.autograd.grad(
                 loss, self.param_list, create_graph=True, allow_unused=True
             )
-        nbytes = nbytes[0]
         if measure:
-            self._column_bytes = max(nbytes, 1)
+            self._column_bytes = max(nbytes[0], 1)
         g = torch.cat(
             [torch.zeros_like(p).reshape(-1) if t is None else t.reshape(-1)
              for p, t in zip(self.param_list, grads)]
         )
-        return g, loss.detach(), nbytes
+        return g, loss.detach()
 
     def _second_backward(self, g: Tensor, V: Tensor, chunk_size: int | None) -> Tensor:
         """``d(g . v)/dw`` for every column ``v`` of ``V``; the graph of ``g`` is kept.
@@ -742,7 +741,7 @@ class Problem:
         count, losses = 0, []
         with self._session(), self._differentiable():
             for _, nb, batch in self._iterate(False, "hessian"):
-                g, loss, _ = self._gradient_graph(batch)
+                g, loss = self._gradient_graph(batch)
                 total.add_(self._second_backward(g, eye, chunk_size=256), alpha=nb)
                 losses.append(loss)
                 count += nb
