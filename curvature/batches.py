@@ -9,6 +9,7 @@ as its one argument (see :meth:`curvature.engine.Problem.forward`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -161,7 +162,11 @@ def check_reduction_name(reduction: Any) -> str:
 
 
 def check_reduction(
-    loss_fn: Callable[[Any, Any], Tensor], outputs: Any, targets: Any, reduction: str
+    loss_fn: Callable[[Any, Any], Tensor],
+    outputs: Any,
+    targets: Any,
+    reduction: str,
+    num_batches: int | None = None,
 ) -> str | None:
     """Check that ``loss_fn`` reduces its batch as ``reduction`` declares.
 
@@ -173,12 +178,15 @@ def check_reduction(
     repeated batch, a zero or non-finite loss, or any other ratio (a loss coupling
     the examples of a batch, e.g. in-batch negatives). It never guesses.
 
-    A mismatch raises ``ValueError`` rather than warning: with several batches the
-    result would be a third operator, ``sum_b (n_b / N) H(S_b)`` for a summed loss
-    under ``"mean"`` or ``sum_b H(L_b)`` for a mean loss under ``"sum"``, neither the
-    Hessian of the dataset's mean loss nor of its summed loss -- a wrong answer,
-    which this project refuses instead of returning. The fix is one argument. A loss
-    that is not a scalar also raises ``ValueError``.
+    A mismatch raises ``ValueError`` when the data has several batches or an unknown
+    number (``num_batches`` not 1): the result would be a third operator,
+    ``sum_b (n_b / N) H(S_b)`` for a summed loss under ``"mean"`` or ``sum_b H(L_b)``
+    for a mean loss under ``"sum"``, neither the Hessian of the dataset's mean loss
+    nor of its summed loss -- a wrong answer, which this project refuses instead of
+    returning; the fix is one argument. With exactly one batch both reductions give
+    the Hessian of ``loss_fn`` on that batch, so nothing is wrong yet: a
+    ``UserWarning`` says so and names the fix. A loss that is not a scalar raises
+    ``ValueError``.
     """
     if not (isinstance(outputs, Tensor) and isinstance(targets, Tensor)):
         return None
@@ -207,7 +215,7 @@ def check_reduction(
         return kind
     value = float(single.reshape(()))
     if kind == "sum":
-        raise ValueError(
+        message = (
             f"loss_fn sums over its batch (its value {value:.6g} doubled when the batch "
             "was repeated twice) but reduction='mean' averages batch losses with batch-size "
             "weights; over several batches that is neither the Hessian of the mean nor of "
@@ -215,11 +223,21 @@ def check_reduction(
             "summed over the whole dataset, or a loss_fn that averages over its batch "
             "(e.g. nn.MSELoss()) for the Hessian of the mean loss"
         )
-    raise ValueError(
-        f"loss_fn averages over its batch (its value {value:.6g} stayed the same when the "
-        "batch was repeated twice) but reduction='sum' adds up the batch losses; over "
-        "several batches that is neither the Hessian of the mean nor of the summed dataset "
-        "loss. Pass reduction='mean' (the default) for the Hessian of the mean loss, or a "
-        "loss_fn that sums over its batch (e.g. nn.MSELoss(reduction='sum')) for the "
-        "Hessian of the summed loss"
-    )
+    else:
+        message = (
+            f"loss_fn averages over its batch (its value {value:.6g} stayed the same when "
+            "the batch was repeated twice) but reduction='sum' adds up the batch losses; "
+            "over several batches that is neither the Hessian of the mean nor of the summed "
+            "dataset loss. Pass reduction='mean' (the default) for the Hessian of the mean "
+            "loss, or a loss_fn that sums over its batch (e.g. nn.MSELoss(reduction='sum')) "
+            "for the Hessian of the summed loss"
+        )
+    if num_batches == 1:
+        warnings.warn(
+            message + "; with a single batch both give the Hessian of loss_fn on it, so "
+            "this result is right, but several batches would be refused",
+            UserWarning,
+            stacklevel=4,
+        )
+        return kind
+    raise ValueError(message)

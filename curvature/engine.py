@@ -283,7 +283,7 @@ class Problem:
             if not self._reduction_checked:
                 with torch.no_grad():
                     out = self.forward(self.w0, batch[0])
-                check_reduction(self.loss_fn, out, batch[1], self.reduction)
+                check_reduction(self.loss_fn, out, batch[1], self.reduction, total)
                 self._reduction_checked = True
             yield i, (nb if self.reduction == "mean" else 1), batch
 
