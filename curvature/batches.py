@@ -16,7 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["as_batches", "batch_size_of", "check_pair", "check_reduction", "to_device"]
+__all__ = [
+    "as_batches", "batch_size_of", "check_pair", "check_reduction", "map_tensors", "model_args",
+    "to_device",
+]
 
 REDUCTIONS = ("mean", "sum")
 
@@ -126,6 +129,26 @@ def _rebuild(obj: Mapping, items: dict) -> Any:
     return items
 
 
+def map_tensors(fn: Callable[[Tensor], Tensor], obj: Any, plain: bool = False) -> Any:
+    """Apply ``fn`` to every tensor in a nested structure of Mappings, tuples and lists.
+
+    Containers are rebuilt with their own type (named tuples too; a Mapping whose
+    type cannot be built from a dict, e.g. ``defaultdict``, becomes a ``dict``);
+    ``plain=True`` makes every Mapping a ``dict`` (what ``torch.func.vmap`` can split).
+    Other objects pass through unchanged; ``obj`` itself is never written.
+    """
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        items = {k: map_tensors(fn, v, plain) for k, v in obj.items()}
+        return items if plain else _rebuild(obj, items)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # named tuple
+        return type(obj)(*(map_tensors(fn, o, plain) for o in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(map_tensors(fn, o, plain) for o in obj)
+    return obj
+
+
 def to_device(obj: Any, device: torch.device | str, dtype: torch.dtype | None) -> Any:
     """Move every tensor in a nested structure to ``device``; floating tensors are cast
     to ``dtype`` (``None``: kept), integer and bool tensors (``input_ids``,
@@ -135,20 +158,19 @@ def to_device(obj: Any, device: torch.device | str, dtype: torch.dtype | None) -
     it can be built from a dict (``dict``, ``OrderedDict``, ``UserDict``,
     ``BatchEncoding``), else as a ``dict``; other objects pass through unchanged.
     """
-    if isinstance(obj, Tensor):
-        if dtype is not None and obj.is_floating_point():
-            return obj.to(device=device, dtype=dtype, non_blocking=True)
-        return obj.to(device=device, non_blocking=True)
-    if isinstance(obj, Mapping):
-        return _rebuild(obj, {k: to_device(v, device, dtype) for k, v in obj.items()})
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # named tuple
-        return type(obj)(*(to_device(o, device, dtype) for o in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(o, device, dtype) for o in obj)
-    return obj
+
+    def move(t: Tensor) -> Tensor:
+        if dtype is not None and t.is_floating_point():
+            return t.to(device=device, dtype=dtype, non_blocking=True)
+        return t.to(device=device, non_blocking=True)
+
+    return map_tensors(move, obj)
 
 
-
+def model_args(inputs: Any) -> tuple:
+    """The positional arguments of the model call: a tuple of inputs is the arguments,
+    anything else (a tensor, a Mapping, a list) the one argument."""
+    return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
 def check_reduction_name(reduction: Any) -> str:

@@ -43,6 +43,7 @@ from curvature.batches import (  # noqa: F401  (re-exported: engine.as_batches, 
     check_pair,
     check_reduction,
     check_reduction_name,
+    model_args,
     to_device,
 )
 
@@ -255,10 +256,10 @@ class Problem:
         }
 
     def forward(self, w: Tensor, inputs: Any) -> Any:
-        """Model outputs at flat parameters ``w``."""
+        """Model outputs at flat parameters ``w``: a tuple of inputs is passed as the
+        positional arguments, anything else (tensor, Mapping, list) as the one argument."""
         params = {**self.fixed, **self.unflatten(w)}
-        args = inputs if isinstance(inputs, tuple) else (inputs,)
-        return functional_call(self.model, params, args)
+        return functional_call(self.model, params, model_args(inputs))
 
     def batch_loss(self, w: Tensor, batch: Any) -> Tensor:
         """Loss of one batch at ``w`` (scalar): its mean or its sum, per ``reduction``."""
@@ -458,8 +459,7 @@ class Problem:
     def _forward_bytes(self, batch: Any) -> int:
         """Bytes autograd saves for one forward pass and loss of ``batch`` (measured)."""
         with self._differentiable(), _saved_bytes() as nbytes:
-            inputs = batch[0] if isinstance(batch[0], tuple) else (batch[0],)
-            self.loss_fn(self.model(*inputs), batch[1])
+            self.loss_fn(self.model(*model_args(batch[0])), batch[1])
         return max(nbytes[0], 1)
 
     @staticmethod
@@ -541,8 +541,7 @@ class Problem:
         """Flat batch gradient with its graph (``create_graph=True``) and the loss; with
         ``measure``, the bytes autograd saved for it go to ``_column_bytes``."""
         with _saved_bytes() if measure else contextlib.nullcontext([0]) as nbytes:
-            inputs = batch[0] if isinstance(batch[0], tuple) else (batch[0],)
-            loss = self.loss_fn(self.model(*inputs), batch[1])
+            loss = self.loss_fn(self.model(*model_args(batch[0])), batch[1])
             if not self._graph_checked:
                 _check_second_derivatives(loss)
                 self._graph_checked = True
