@@ -317,3 +317,53 @@ def test_keyword_argument_model_gpt2():
     V = torch.randn(op.shape[0], 2, dtype=torch.float64)
     ref = torch.stack([torch.autograd.functional.hvp(f, w0, v)[1] for v in V.T], 1)
     assert rel(op @ V, ref) < 1e-10
+
+
+def test_landscape_monitor_pipeline_take_mapping_inputs():
+    """The application loops share the batch helpers: UserDict / BatchEncoding batches
+    give the whole-dataset numbers computed here directly."""
+    from curvature.monitor import _per_example_statistics
+    from curvature.pipeline import _accuracy
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(6)
+    model = DictNet().double()
+    x, ids, targets = make_data(seed=6)
+    x = x.double()
+    full = {"x": x, "ids": ids}
+    names = [k for k, _ in model.named_parameters()]
+    w0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    shapes = [p.shape for p in model.parameters()]
+
+    def outputs(w):
+        parts = torch.split(w, [s.numel() for s in shapes])
+        return functional_call(model, {k: t.view(s) for k, t, s in zip(names, parts, shapes)},
+                               (full,))
+
+    # landscape: loss and accuracy along a direction
+    y = targets["ce"]
+    data = mapping_batches("userdict", x, ids, y)
+    d = torch.randn(w0.numel(), dtype=torch.float64)
+    alphas = [-0.5, 0.0, 0.7]
+    land = cv.loss_landscape_1d(model, nn.CrossEntropyLoss(), data, d, alphas)
+    for i, a in enumerate(alphas):
+        out = outputs(w0 + a * d)
+        assert abs(float(land.loss[i]) - float(nn.functional.cross_entropy(out, y))) < 1e-12
+        assert float(land.accuracy[i]) == float((out.argmax(-1) == y).double().mean())
+
+    # pipeline accuracy on BatchEncoding batches
+    enc = mapping_batches("batchencoding", x, ids, y)
+    assert _accuracy(model, enc, "cpu", torch.float64) == float(
+        (outputs(w0).argmax(-1) == y).double().mean())
+    assert transformers.BatchEncoding is type(enc[0][0])
+
+    # monitor: per-example GGN diagonal and gradient variance, MSE (H_out = 2/C I)
+    y = targets["mse"].double()
+    J = torch.autograd.functional.jacobian(outputs, w0)  # [N, C, n]
+    resid = (outputs(w0) - y).detach()
+    ggn_truth = (J.square().sum(1) * 2 / C).mean(0)
+    g = torch.einsum("icn,ic->in", J, 2 / C * resid)
+    var_truth = g.square().mean(0) - g.mean(0).square()
+    ggn, var = _per_example_statistics(model, list(model.parameters()), names, nn.MSELoss(),
+                                       mapping_batches("userdict", x, ids, y), torch.float64)
+    assert rel(ggn, ggn_truth) < 1e-12 and rel(var, var_truth) < 1e-12
