@@ -134,6 +134,9 @@ def test_sum_through_dataloader_and_ggn():
     op = cv.HessianOperator(model, loss_fn, loader, reduction="sum")
     V = torch.randn(op.shape[0], 2, dtype=torch.float64)
     assert rel(op @ V, H @ V) < 1e-12 and abs(op.loss() - L) < 1e-12 * L
+    for method in ("fd", "fd-central"):  # finite differences of the summed gradient
+        fd = cv.HessianOperator(model, loss_fn, loader, reduction="sum", method=method)
+        assert rel(fd @ V, H @ V) < 1e-5
 
     # GGN truth: J^T H_out J on the whole dataset (H_out = 2 I for the summed MSE)
     m = copy.deepcopy(model)
@@ -171,8 +174,9 @@ def test_mapping_inputs_and_dtype_moves(kind):
     assert data[0][0]["x"].dtype == torch.float32  # the user's batch is untouched
     L, _, H = truth(model, loss_fn, {"x": x.double(), "ids": ids}, y)
     op = cv.HessianOperator(model, loss_fn, data, dtype=torch.float64)
-    V = torch.randn(op.shape[0], 2, dtype=torch.float64)
-    assert rel(op @ V, H @ V) < 1e-12 and abs(op.loss() - L) < 1e-12 * L
+    V = torch.randn(op.shape[0], 10, dtype=torch.float64)
+    for _ in range(3):  # wide blocks: the column paths (incl. jvp-of-grad) are tried
+        assert rel(op @ V, H @ V) < 1e-12 and abs(op.loss() - L) < 1e-12 * L
     assert rel(cv.dense_hessian(model, loss_fn, data), H) < 1e-12
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
