@@ -175,8 +175,11 @@ def test_mapping_inputs_and_dtype_moves(kind):
     L, _, H = truth(model, loss_fn, {"x": x.double(), "ids": ids}, y)
     op = cv.HessianOperator(model, loss_fn, data, dtype=torch.float64)
     V = torch.randn(op.shape[0], 10, dtype=torch.float64)
-    for _ in range(3):  # wide blocks: the column paths (incl. jvp-of-grad) are tried
-        assert rel(op @ V, H @ V) < 1e-12 and abs(op.loss() - L) < 1e-12 * L
+    assert rel(op @ V, H @ V) < 1e-12 and abs(op.loss() - L) < 1e-12 * L
+    # every column path on Mapping inputs: batched / looped second backward, jvp-of-grad
+    for batched, func in ((True, False), (False, False), (True, True)):
+        op.problem._paths.batched, op.problem._paths.func = batched, func
+        assert rel(op @ V, H @ V) < 1e-12
     assert rel(cv.dense_hessian(model, loss_fn, data), H) < 1e-12
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
