@@ -374,3 +374,66 @@ def test_landscape_monitor_pipeline_take_mapping_inputs():
     ggn, var = _per_example_statistics(model, list(model.parameters()), names, nn.MSELoss(),
                                        mapping_batches("userdict", x, ids, y), torch.float64)
     assert rel(ggn, ggn_truth) < 1e-12 and rel(var, var_truth) < 1e-12
+
+
+def _sum_products(rank: int | None):
+    """reduction='sum' products on rank ``rank``'s shard (examples [0, 5) or [5, 12),
+    uneven batches inside), or on the whole dataset in one batch for ``None``."""
+    torch.manual_seed(7)
+    model = DictNet().double()
+    x, ids, targets = make_data(seed=7)
+    x, y = x.double(), targets["ce"]
+    sl = slice(0, N) if rank is None else (slice(0, 5) if rank == 0 else slice(5, N))
+    xs, idss, ys = x[sl], ids[sl], y[sl]
+    data = [({"x": xs[i : i + 3], "ids": idss[i : i + 3]}, ys[i : i + 3])
+            for i in range(0, len(ys), 3)]
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    V = torch.randn(sum(p.numel() for p in model.parameters()), 2, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(8))
+    op = cv.HessianOperator(model, loss_fn, data, reduction="sum")
+    ggn = cv.GGNOperator(model, loss_fn, data, reduction="sum")
+    return {"hvp": op @ V, "ggn": ggn @ V, "loss": torch.tensor(op.loss()),
+            "gradient": op.gradient()}
+
+
+@pytest.mark.slow  # two processes: ~12 s on an idle 2-core machine (tests/test_distributed.py
+@pytest.mark.distributed  # covers the all-reduce of the default mean reduction)
+def test_sum_reduction_all_reduces_over_ranks(tmp_path):
+    """Two gloo ranks with uneven shards: the summed loss over both, as in one process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_distributed import free_port
+
+    single = _sum_products(None)
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
+    )
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, __file__, str(r), port, str(tmp_path / f"{r}.pt")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for r in range(2)]
+    logs = [p.communicate(timeout=240)[0] for p in procs]
+    for r, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 0, f"rank {r}:\n{log}"
+        multi = torch.load(tmp_path / f"{r}.pt", weights_only=True)
+        for key, ref in single.items():
+            assert rel(multi[key], ref) < 1e-12, (r, key)
+
+
+if __name__ == "__main__":  # one rank of test_sum_reduction_all_reduces_over_ranks
+    import sys
+
+    import torch.distributed as dist
+
+    rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    try:
+        torch.save(_sum_products(rank), out)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
