@@ -396,8 +396,8 @@ def _sum_products(rank: int | None):
             "gradient": op.gradient()}
 
 
-@pytest.mark.slow  # two processes: ~12 s on an idle 2-core machine (tests/test_distributed.py
-@pytest.mark.distributed  # covers the all-reduce of the default mean reduction)
+@pytest.mark.slow  # two processes: 39 s measured on the loaded 2-core dev machine
+@pytest.mark.distributed  # (tests/test_distributed.py covers the default mean reduction)
 def test_sum_reduction_all_reduces_over_ranks(tmp_path):
     """Two gloo ranks with uneven shards: the summed loss over both, as in one process."""
     import os
