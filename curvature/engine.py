@@ -4,9 +4,11 @@ A :class:`Problem` owns
 
 * the functional model call on a *flat* parameter vector ``w: Tensor[n]``
   (``torch.func.functional_call``; other parameters and buffers held fixed),
-* the data loop with full-dataset semantics: the loss is
+* the data loop with full-dataset semantics: with ``reduction="mean"`` the loss is
   ``L(w) = sum_b n_b L_b(w) / N`` with ``L_b`` the mean loss of batch ``b`` and
-  ``N = sum_b n_b`` -- exactly what one big batch gives, for batches of any size,
+  ``N = sum_b n_b`` -- exactly what one big batch gives, for batches of any size;
+  with ``reduction="sum"`` it is ``L(w) = sum_b S_b(w)``, ``S_b`` the summed loss
+  of batch ``b`` (batches, their sizes and device moves: :mod:`curvature.batches`),
 * the all-reduce of those batch-weighted sums over ranks when ``torch.distributed``
   is initialised (``data`` is then this rank's shard),
 * the products: exact Hessian (forward-over-reverse ``jvp(grad)`` vectorised over
@@ -25,7 +27,7 @@ import dataclasses
 import math
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -34,7 +36,22 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from tqdm.auto import tqdm
 
-__all__ = ["Problem", "all_reduce_sum", "as_batches", "batch_size_of", "NonFiniteLossError"]
+from curvature.batches import (  # noqa: F401  (re-exported: engine.as_batches, ...)
+    _is_batch,
+    as_batches,
+    batch_size_of,
+    check_pair,
+    check_reduction,
+    check_reduction_name,
+    model_args,
+    to_device,
+)
+
+_to = to_device  # the engine's historical name for the device/dtype move
+
+__all__ = [
+    "Problem", "all_reduce_sum", "as_batches", "batch_size_of", "to_device", "NonFiniteLossError",
+]
 
 
 FUNC_MIN_COLUMNS = 8
@@ -63,54 +80,6 @@ class NonFiniteLossError(FloatingPointError):
 
 class DoubleBackwardError(RuntimeError):
     """The model contains an operation without a second derivative."""
-
-
-def _is_batch(data: Any) -> bool:
-    return (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and not isinstance(data[0], (tuple, list))
-        and isinstance(data[0], Tensor)
-    )
-
-
-def as_batches(data: Any) -> Iterable:
-    """``data`` as an iterable of ``(inputs, targets)`` batches.
-
-    A single ``(inputs, targets)`` pair of tensors becomes a one-element list; any
-    other iterable (list of batches, DataLoader) is returned as is.
-    """
-    if _is_batch(data):
-        return [tuple(data)]
-    if isinstance(data, Tensor) or not isinstance(data, Iterable):
-        raise TypeError(
-            "data must be one (inputs, targets) batch or an iterable of such batches, "
-            f"got {type(data).__name__}"
-        )
-    return data
-
-
-def batch_size_of(batch: Any) -> int:
-    """Number of examples in ``(inputs, targets)``: the leading dimension of the inputs."""
-    x = batch[0]
-    while isinstance(x, (tuple, list)):
-        x = x[0]
-    if isinstance(x, dict):
-        x = next(iter(x.values()))
-    return int(x.shape[0])
-
-
-def _to(obj: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
-    """Move tensors in a nested structure; floating tensors are cast to ``dtype``."""
-    if isinstance(obj, Tensor):
-        if dtype is not None and obj.is_floating_point():
-            return obj.to(device=device, dtype=dtype, non_blocking=True)
-        return obj.to(device=device, non_blocking=True)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_to(o, device, dtype) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _to(v, device, dtype) for k, v in obj.items()}
-    return obj
 
 
 @contextlib.contextmanager
@@ -187,7 +156,9 @@ class Problem:
         params: Sequence[Tensor] | Sequence[str] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        reduction: str = "mean",
     ) -> None:
+        self.reduction = check_reduction_name(reduction)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
@@ -222,6 +193,8 @@ class Problem:
         # are streamed and moved batch by batch on every pass.
         if isinstance(batches, (list, tuple)):
             self._stream = False
+            for i, b in enumerate(batches):
+                check_pair(b, i)
             self.batches = [_to(b, self.device, self.dtype) for b in batches]
             if not self.batches:
                 raise ValueError("data is empty: no batches to compute the loss on")
@@ -240,6 +213,7 @@ class Problem:
         # model that changed after the operator was built.
         self._versions = self._state_versions()
         self._graph_checked = False
+        self._reduction_checked = False
         # How multi-column products are computed, decided by measurement on first use
         # and shared by every operator built on the same module afterwards.
         self._paths = _PATH_CHOICES.setdefault(self.model, _PathChoice())
@@ -282,26 +256,41 @@ class Problem:
         }
 
     def forward(self, w: Tensor, inputs: Any) -> Any:
-        """Model outputs at flat parameters ``w``."""
+        """Model outputs at flat parameters ``w``: a tuple of inputs is passed as the
+        positional arguments, anything else (tensor, Mapping, list) as the one argument."""
         params = {**self.fixed, **self.unflatten(w)}
-        args = inputs if isinstance(inputs, tuple) else (inputs,)
-        return functional_call(self.model, params, args)
+        return functional_call(self.model, params, model_args(inputs))
 
     def batch_loss(self, w: Tensor, batch: Any) -> Tensor:
-        """Mean loss of one batch at ``w`` (scalar)."""
+        """Loss of one batch at ``w`` (scalar): its mean or its sum, per ``reduction``."""
         return self.loss_fn(self.forward(w, batch[0]), batch[1])
 
     def _iterate(self, progress: bool, desc: str) -> Iterator[tuple[int, int, Any]]:
+        """``(index, weight, batch)`` over the data, each batch on the device.
+
+        The weight of batch ``b`` in the dataset sum is ``n_b`` for
+        ``reduction="mean"`` (:meth:`_finish` divides by ``N``) and 1 for ``"sum"``.
+        The first batch of the first pass also checks that ``loss_fn`` reduces as
+        declared (:func:`curvature.batches.check_reduction`: one extra forward).
+        """
         it = self.batches
         total = len(it) if hasattr(it, "__len__") else None
         bar = tqdm(it, total=total, desc=desc, disable=not progress or total == 1, leave=False)
         for i, batch in enumerate(bar):
             if self._stream:
+                check_pair(batch, i)
                 batch = _to(batch, self.device, self.dtype)
-            yield i, batch_size_of(batch), batch
+            nb = batch_size_of(batch)
+            if not self._reduction_checked:
+                with torch.no_grad():
+                    out = self.forward(self.w0, batch[0])
+                check_reduction(self.loss_fn, out, batch[1], self.reduction, total)
+                self._reduction_checked = True
+            yield i, (nb if self.reduction == "mean" else 1), batch
 
     def _finish(self, total: Tensor, count: int, losses: list[Tensor]) -> Tensor:
-        """Divide the batch-weighted sum by N (over all ranks) and check the losses.
+        """The dataset sum over all ranks, divided by N for ``reduction="mean"`` (``count``:
+        the sum of the weights from :meth:`_iterate`), with the losses checked.
 
         The all-reduce comes first, so that a rank with a bad batch never leaves the
         others waiting in a collective.
@@ -322,6 +311,8 @@ class Problem:
             )
         if _distributed() and not bool(torch.isfinite(total).all()):
             raise NonFiniteLossError("a batch on another rank has a non-finite loss")
+        if self.reduction == "sum":
+            return total
         return total / n.to(total.dtype)
 
     def _state_versions(self) -> list[int]:
@@ -468,8 +459,7 @@ class Problem:
     def _forward_bytes(self, batch: Any) -> int:
         """Bytes autograd saves for one forward pass and loss of ``batch`` (measured)."""
         with self._differentiable(), _saved_bytes() as nbytes:
-            inputs = batch[0] if isinstance(batch[0], tuple) else (batch[0],)
-            self.loss_fn(self.model(*inputs), batch[1])
+            self.loss_fn(self.model(*model_args(batch[0])), batch[1])
         return max(nbytes[0], 1)
 
     @staticmethod
@@ -551,8 +541,7 @@ class Problem:
         """Flat batch gradient with its graph (``create_graph=True``) and the loss; with
         ``measure``, the bytes autograd saved for it go to ``_column_bytes``."""
         with _saved_bytes() if measure else contextlib.nullcontext([0]) as nbytes:
-            inputs = batch[0] if isinstance(batch[0], tuple) else (batch[0],)
-            loss = self.loss_fn(self.model(*inputs), batch[1])
+            loss = self.loss_fn(self.model(*model_args(batch[0])), batch[1])
             if not self._graph_checked:
                 _check_second_derivatives(loss)
                 self._graph_checked = True

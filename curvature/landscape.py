@@ -43,7 +43,14 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
-from curvature.engine import all_reduce_sum, as_batches, batch_size_of, eval_mode
+from curvature.engine import (
+    all_reduce_sum,
+    as_batches,
+    batch_size_of,
+    check_pair,
+    eval_mode,
+    to_device,
+)
 
 __all__ = [
     "Landscape",
@@ -234,19 +241,26 @@ class _Evaluator:
     def _unflatten(self, w: Tensor) -> dict[str, Tensor]:
         return {k: t.view(s) for k, t, s in zip(self.names, torch.split(w, self.numels), self.shapes)}
 
-    def _call(self, w: Tensor, x: Tensor) -> Tensor:
+    def _call(self, w: Tensor, x: Any) -> Any:
         # functional_call needs the module's own tensors for dtype/device-compatible
         # calls; the copy of buffers in ``fixed`` already has the right dtype/device.
-        return functional_call(self.model, {**self.fixed, **self._unflatten(w)}, (x,))
+        # Tuple inputs are positional arguments, as in the engine.
+        args = x if isinstance(x, tuple) else (x,)
+        return functional_call(self.model, {**self.fixed, **self._unflatten(w)}, args)
 
-    def _point_stats(self, W: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _point_stats(self, W: Tensor, x: Any, y: Any) -> tuple[Tensor, Tensor | None]:
         """Mean loss ``[c]`` and number of correct predictions ``[c]`` of one batch."""
-        classify = not y.is_floating_point()
+        classify = isinstance(y, Tensor) and not y.is_floating_point()
 
         def one(w: Tensor) -> tuple[Tensor, Tensor]:
             out = self._call(w, x)
             loss = self.loss_fn(out, y)
-            correct = (out.argmax(-1) == y).sum() if classify else loss.new_zeros(())
+            if not classify:
+                correct = loss.new_zeros(())
+            elif isinstance(out, Tensor):
+                correct = (out.argmax(-1) == y).sum()
+            else:  # outputs that are not a tensor of logits: no accuracy
+                correct = loss.new_full((), math.nan)
             return loss, correct
 
         if self.vmap_ok:
@@ -267,11 +281,10 @@ class _Evaluator:
         total_correct = torch.zeros(P, dtype=torch.float64)
         count = 0
         classify = True
-        batches = [
-            (x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device),
-             y.to(self.device, self.dtype) if y.is_floating_point() else y.to(self.device))
-            for x, y in (tuple(b) for b in self.data)
-        ]
+        batches = []
+        for i, b in enumerate(self.data):
+            check_pair(b, i)
+            batches.append(to_device(tuple(b), self.device, self.dtype))
         if not batches:
             raise ValueError("data is empty: no batches to evaluate the loss on")
         bar = tqdm(total=P, desc=desc, disable=not progress, leave=False)

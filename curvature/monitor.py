@@ -81,6 +81,7 @@ from torch.func import functional_call, grad, hessian, jacrev, vmap
 from tqdm.auto import tqdm
 
 from curvature import engine
+from curvature.batches import map_tensors, model_args
 from curvature.eigen import eigenvalues
 from curvature.operators import CurvatureOperator, HessianOperator
 from curvature.trace import diagonal, trace
@@ -466,12 +467,15 @@ def _per_example_statistics(model: nn.Module, params: Sequence[Tensor], names: S
     if any(p.dtype != dtype for p in params):
         model = copy.deepcopy(model).to(dtype)
     own = dict(model.named_parameters())
+    device = next(iter(own.values())).device
     sel = {k: own[k].detach() for k in names}
     fixed = {k: v.detach() for k, v in own.items() if k not in sel}
     fixed.update(dict(model.named_buffers()))
 
-    def outputs(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(model, {**fixed, **p}, (x.unsqueeze(0),)).squeeze(0)
+    def outputs(p: dict[str, Tensor], x: Any) -> Tensor:
+        # one example (vmap strips the batch dimension of every input tensor)
+        one = map_tensors(lambda t: t.unsqueeze(0), x)
+        return functional_call(model, {**fixed, **p}, model_args(one)).squeeze(0)
 
     def loss_of_outputs(z: Tensor, y: Tensor) -> Tensor:
         return loss_fn(z.unsqueeze(0), y.unsqueeze(0))
@@ -481,17 +485,20 @@ def _per_example_statistics(model: nn.Module, params: Sequence[Tensor], names: S
     out_hess = vmap(hessian(loss_of_outputs))
     count, s_ggn, s1, s2 = 0, 0.0, 0.0, 0.0
     with engine.eval_mode(model):
-        for b in engine.as_batches(data):
-            x = b[0].to(dtype) if b[0].is_floating_point() else b[0]
-            y = b[1].to(dtype) if b[1].is_floating_point() else b[1]
+        for i, b in enumerate(engine.as_batches(data)):
+            engine.check_pair(b, i)
+            nb = engine.batch_size_of(b)
+            # Mappings as dicts, which vmap splits along their tensors' batch dimension
+            x, y = map_tensors(lambda t: t.to(device, dtype if t.is_floating_point() else None),
+                               tuple(b), plain=True)
             J = jac(sel, x)
-            Jf = torch.cat([J[k].reshape(len(x), J[k].shape[1], -1) for k in names], dim=2)  # [B, C, n]
+            Jf = torch.cat([J[k].reshape(nb, J[k].shape[1], -1) for k in names], dim=2)  # [B, C, n]
             z = vmap(lambda xi: outputs(sel, xi))(x)
             A = out_hess(z, y)  # [B, C, C]
             s_ggn = s_ggn + torch.einsum("bck,bcd,bdk->k", Jf, A, Jf).double()
             g = torch.einsum("bck,bc->bk", Jf, out_grad(z, y)).double()  # per-example gradients
             s1, s2 = s1 + g.sum(0), s2 + g.square().sum(0)
-            count += len(x)
+            count += nb
     mean = s1 / count
     var = (s2 / count - mean.square()).clamp_min(0)
     return (s_ggn / count).to(dtype), var.to(dtype)

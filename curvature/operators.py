@@ -155,9 +155,11 @@ class _ModelOperator(CurvatureOperator):
         progress: bool = False,
         chunk_size: int | None = None,
         max_chunk_bytes: float = 2**29,
+        reduction: str = "mean",
     ) -> None:
         self.problem = engine.Problem(
-            model, loss_fn, data, params=params, device=device, dtype=dtype
+            model, loss_fn, data, params=params, device=device, dtype=dtype,
+            reduction=reduction,
         )
         self.progress = progress
         self.chunk_size = chunk_size
@@ -176,12 +178,19 @@ class _ModelOperator(CurvatureOperator):
         """The flat parameter vector ``w: Tensor[n]`` at which the operator is taken."""
         return self.problem.w0
 
+    @property
+    def reduction(self) -> str:
+        """``"mean"`` or ``"sum"``: how batch losses make the dataset loss."""
+        return self.problem.reduction
+
     def loss(self) -> float:
-        """The dataset loss at ``w`` (batch-size weighted mean of per-batch losses)."""
+        """The dataset loss at ``w``: the batch-size weighted mean of the per-batch mean
+        losses (``reduction="mean"``) or the sum of the per-batch summed losses
+        (``"sum"``)."""
         return self.problem.loss()
 
     def gradient(self) -> Tensor:
-        """The dataset gradient ``g(w): Tensor[n]``."""
+        """The dataset gradient ``g(w): Tensor[n]`` (same reduction as :meth:`loss`)."""
         return self.problem.gradient()
 
 
@@ -194,12 +203,28 @@ class HessianOperator(_ModelOperator):
         Evaluated in eval mode; its weights, buffers and train/eval mode are left
         exactly as they were.
     loss_fn : callable
-        ``loss_fn(outputs, targets) -> scalar``, the *mean* loss of a batch.
+        ``loss_fn(outputs, targets) -> scalar``: the mean loss of a batch
+        (``reduction="mean"``) or its summed loss (``reduction="sum"``).
     data : batch or iterable of batches
-        One ``(inputs, targets)`` pair or an iterable of them (a DataLoader). The
-        operator is the Hessian of ``sum_b n_b L_b(w) / sum_b n_b`` -- what one big
-        batch gives -- and is all-reduced over ranks when ``torch.distributed`` is
-        initialised (``data`` is then this rank's shard).
+        One ``(inputs, targets)`` pair or an iterable of them (a DataLoader), all-reduced
+        over ranks when ``torch.distributed`` is initialised (``data`` is then this
+        rank's shard). ``inputs`` may be a tensor, any ``Mapping`` (``dict``,
+        ``UserDict``, HuggingFace ``BatchEncoding``) or nested tuples/lists of them: a
+        tuple is passed to the model as positional arguments, anything else as its one
+        argument (a model whose ``forward`` takes keyword arguments needs a small
+        wrapper, see the README). The batch size is the leading dimension of the first
+        tensor in the inputs; floating tensors are cast to ``dtype``, integer ones
+        (``input_ids``) kept.
+    reduction : {"mean", "sum"}
+        ``"mean"`` (default): ``loss_fn`` averages over its batch and the operator is
+        the Hessian of ``sum_b n_b L_b(w) / sum_b n_b`` -- what one big batch gives.
+        ``"sum"``: ``loss_fn`` sums over its batch and the operator is the Hessian of
+        ``sum_b S_b(w)``, the loss summed over the whole dataset (curvlinops'
+        convention for summed losses). The first batch checks the declaration: a
+        ``loss_fn`` whose value doubles on the batch repeated twice (a summed loss)
+        under ``"mean"``, or stays equal (a mean) under ``"sum"``, raises
+        ``ValueError`` naming the fix (:func:`curvature.batches.check_reduction`);
+        losses whose outputs or targets are not tensors are not checked.
     method : {"exact", "fd", "fd-central"}
         ``"exact"``: autograd (forward-over-reverse, falling back to double
         backward). ``"fd"``: ``(g(w + eps v) - g(w)) / eps`` with ``g(w)`` cached.
@@ -255,6 +280,7 @@ class HessianOperator(_ModelOperator):
         max_chunk_bytes: float = 2**29,
         cache_graphs: bool | None = None,
         max_cache_bytes: float = 2**30,
+        reduction: str = "mean",
     ) -> None:
         if method not in ("exact", "fd", "fd-central"):
             raise ValueError(f"method must be 'exact', 'fd' or 'fd-central', got {method!r}")
@@ -263,6 +289,7 @@ class HessianOperator(_ModelOperator):
         super().__init__(
             model, loss_fn, data, params=params, device=device, dtype=dtype,
             progress=progress, chunk_size=chunk_size, max_chunk_bytes=max_chunk_bytes,
+            reduction=reduction,
         )
         self.method = method
         self.eps = eps
@@ -289,7 +316,8 @@ class GGNOperator(_ModelOperator):
 
     ``J_b`` is the Jacobian of the model outputs of batch ``b`` with respect to the
     parameters and ``H_out,b`` the Hessian of ``loss_fn`` with respect to those
-    outputs. Same arguments as :class:`HessianOperator` (no ``method``/``eps``).
+    outputs. With ``reduction="sum"`` the weights ``n_b/N`` are 1 (``loss_fn`` sums
+    over its batch). Same arguments as :class:`HessianOperator` (no ``method``/``eps``).
     """
 
     def _matmat(self, V: Tensor) -> Tensor:

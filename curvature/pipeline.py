@@ -488,17 +488,23 @@ def _count(batches: Any, device) -> int:
 
 @torch.no_grad()
 def _accuracy(model: nn.Module, batches: Any, device, dtype) -> float | None:
-    """Fraction of correct ``argmax`` predictions (over all ranks); ``None`` for
-    regression targets."""
+    """Fraction of correct ``argmax`` predictions (over all ranks; per target entry, so
+    per token for ``[B, T]`` labels); ``None`` for regression targets and for outputs
+    that are not logits shaped like the targets plus a class dimension."""
+    from curvature.batches import check_pair, model_args, to_device
     from curvature.engine import all_reduce_sum, as_batches
 
     correct, total = 0, 0
-    for x, y in as_batches(batches):
-        if y.is_floating_point():
+    for i, b in enumerate(as_batches(batches)):
+        check_pair(b, i)
+        x, y = to_device(tuple(b), device, dtype)
+        if not isinstance(y, Tensor) or y.is_floating_point():
             return None
-        out = model(x.to(device, dtype) if x.is_floating_point() else x.to(device))
-        correct += int((out.argmax(-1) == y.to(device)).sum())
-        total += len(y)
+        out = model(*model_args(x))
+        if not isinstance(out, Tensor) or out.shape[:-1] != y.shape:
+            return None
+        correct += int((out.argmax(-1) == y).sum())
+        total += y.numel()
     sums = all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64, device=device))
     return float(sums[0] / sums[1]) if sums[1] > 0 else None
 
