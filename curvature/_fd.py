@@ -1,0 +1,186 @@
+"""Finite-difference Hessian-vector products with a step and an error estimate per column.
+
+For a unit direction ``v`` and a step ``s`` (a distance in parameter space) the
+difference quotients of the dataset gradient ``g`` are
+
+* forward: ``D(s) = (g(w + s v) - g(w)) / s = H v + c_1 s + c_2 s^2 + ...``
+* central: ``D(s) = (g(w + s v) - g(w - s v)) / (2 s) = H v + c_2 s^2 + c_4 s^4 + ...``
+
+Every column is evaluated at two steps ``s`` and ``s/2`` and the pair is combined
+by Richardson extrapolation, which cancels the leading truncation term:
+
+* forward: ``R = 2 D(s/2) - D(s)`` (error ``O(s^2)``), 2 gradients per column,
+* central: ``R = (4 D(s/2) - D(s)) / 3`` (error ``O(s^4)``), 4 gradients per column.
+
+The same pair estimates the error of ``R`` (in eigenvalue units, ``||R - H v||``):
+
+``err = ||R - D(s/2)|| + 2 * noise(R) + u ||R||``
+
+``||R - D(s/2)||`` is the truncation error of the lower-order quotient ``D(s/2)``,
+an upper estimate of ``R``'s own. ``noise(R)`` is the roundoff the quotients
+amplify: ``sigma`` (the measured roundoff of one computed dataset gradient, see
+:func:`gradient_noise`) times the norm of ``R``'s weights on the gradients,
+``sqrt(16*2 + 2/4)/3 / s = 1.9 sigma / s`` (central) and ``sqrt(16 + 1 + 9) / s
+= 5.1 sigma / s`` (forward, ``g(w)`` shared); the factor 2 covers the spread of
+the noise estimate. In float32 the roundoff of a gradient summed over many terms
+is far above ``u ||g||``, which is why it is measured rather than assumed.
+
+The step balances the two parts of ``err = a s^p + b / s`` (``p = 2`` central,
+``1`` forward): the first pass uses the step the previous product settled on
+(at first the classical ``u^(1/3) (1 + ||w||)`` / ``u^(1/2) (1 + ||w||)``, which is
+also the largest step ever used); a column whose step is more than a factor 2 from
+the minimiser ``s* = (b / (p a))^(1 / (p + 1))`` implied by its own pair is redone at
+``s*`` (at most two more passes). A product therefore costs 2 (forward) or 4
+(central) gradients per column, up to 3 times that for columns whose step had to be
+adapted, plus, once per operator, 4 gradients for ``sigma`` (and ``g(w)`` for forward).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from curvature.engine import Problem
+
+MAX_PASSES = 3
+"""Passes over the data at most per product (the first plus two step corrections)."""
+
+_NOISE_GAIN = {True: math.sqrt(32.5) / 3, False: math.sqrt(26.0)}
+"""``noise(R) * s / sigma`` for central (``True``) and forward (``False``) pairs."""
+
+
+def start_step(problem: Problem, central: bool) -> float:
+    """Classical step along a unit vector: ``c (1 + ||w||)``, ``c = u^(1/3)`` or ``u^(1/2)``.
+
+    Also the largest step the adaptive scheme takes (``u`` = ``finfo(dtype).eps``).
+    """
+    u = torch.finfo(problem.dtype).eps
+    c = u ** (1 / 3) if central else math.sqrt(u)
+    return c * (1.0 + float(torch.linalg.vector_norm(problem.w0)))
+
+
+def gradients_at(problem: Problem, W: Tensor, progress: bool = False) -> Tensor:
+    """Dataset gradients ``Tensor[n, m]`` at the ``m`` points ``W: Tensor[n, m]``, one data pass."""
+    total = torch.zeros_like(W)
+    count, losses = 0, []
+    with problem._session():
+        for _, nb, batch in problem._iterate(progress, "fd-hvp"):
+            for j in range(W.shape[1]):
+                wj = W[:, j].detach().clone().requires_grad_(True)
+                loss = problem.batch_loss(wj, batch)
+                (gj,) = torch.autograd.grad(loss, wj)
+                total[:, j].add_(gj, alpha=nb)
+                if j == 0:
+                    losses.append(loss.detach())
+            count += nb
+    return problem._finish(total, count, losses)
+
+
+def gradient_noise(problem: Problem) -> float:
+    """Roundoff ``sigma`` of one computed dataset gradient (a vector norm), measured once.
+
+    The fourth difference ``g_-2 - 4 g_-1 + 6 g_0 - 4 g_1 + g_2`` of gradients at
+    ``w + j delta z`` (``z`` a fixed random unit vector, ``delta = 1e3 u (1 + ||w||)``,
+    enough to change every parameter by many units in the last place) has a smooth
+    part of order ``delta^4`` and a noise part of variance ``70 sigma^2`` per
+    coordinate: ``sigma = ||fourth difference|| / sqrt(70)``. The rounding of the
+    points ``w + j delta z`` themselves is part of it, as in the products.
+    Costs 4 gradients (``g_0`` is the cached ``g(w)``).
+    """
+    if getattr(problem, "_fd_noise", None) is None:
+        gen = torch.Generator(device=problem.device).manual_seed(0)
+        z = torch.randn(problem.num_params, generator=gen, dtype=problem.dtype, device=problem.device)
+        z /= torch.linalg.vector_norm(z)
+        u = torch.finfo(problem.dtype).eps
+        delta = 1e3 * u * (1.0 + float(torch.linalg.vector_norm(problem.w0)))
+        W = torch.stack([problem.w0 + j * delta * z for j in (-2, -1, 1, 2)], dim=1)
+        G = gradients_at(problem, W).double()
+        g0 = problem.gradient().double()
+        d4 = G[:, 0] - 4 * G[:, 1] + 6 * g0 - 4 * G[:, 2] + G[:, 3]
+        problem._fd_noise = float(torch.linalg.vector_norm(d4)) / math.sqrt(70.0)
+    return problem._fd_noise
+
+
+def _pairs(
+    problem: Problem, U: Tensor, s: Tensor, central: bool, progress: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Quotients ``D(s)``, ``D(s/2)`` and Richardson ``R`` for unit columns ``U`` (steps ``s``)."""
+    w0 = problem.w0.unsqueeze(1)
+    if central:
+        offsets = torch.cat([U * s, -U * s, U * (s / 2), -U * (s / 2)], dim=1)
+        G = gradients_at(problem, w0 + offsets, progress)
+        k = U.shape[1]
+        gp, gm, gp2, gm2 = G[:, :k], G[:, k : 2 * k], G[:, 2 * k : 3 * k], G[:, 3 * k :]
+        d1 = (gp - gm) / (2 * s)
+        d2 = (gp2 - gm2) / s
+        return d1, d2, (4 * d2 - d1) / 3
+    g0 = problem.gradient().unsqueeze(1)
+    G = gradients_at(problem, w0 + torch.cat([U * s, U * (s / 2)], dim=1), progress)
+    k = U.shape[1]
+    d1 = (G[:, :k] - g0) / s
+    d2 = (G[:, k:] - g0) / (s / 2)
+    return d1, d2, 2 * d2 - d1
+
+
+def fd_products(
+    problem: Problem, V: Tensor, eps: float | None, central: bool, progress: bool = False
+) -> tuple[Tensor, Tensor]:
+    """``H V`` by extrapolated finite differences and each column's error estimate.
+
+    ``V: Tensor[n, k]``. Returns the products ``Tensor[n, k]`` and ``Tensor[k]``
+    (float64, CPU): the estimated ``||(H V)_j - H v_j|| / ||v_j||`` (eigenvalue
+    units; 0 for a zero column). ``eps`` fixes the step on ``v`` (the points are
+    ``w +- eps v`` and ``w +- eps v / 2``) and skips the adaptation.
+    """
+    k = V.shape[1]
+    norms = torch.linalg.vector_norm(V, dim=0)
+    nonzero = norms > 0
+    out = torch.zeros_like(V)
+    err = torch.zeros(k, dtype=torch.float64)
+    if not bool(nonzero.any()):
+        return out, err
+    cols = nonzero.nonzero().squeeze(1)
+    U = V[:, cols] / norms[cols]
+    cap = start_step(problem, central)
+    if eps is not None:
+        s = float(eps) * norms[cols].to(torch.float64).cpu()
+    else:
+        key = "central" if central else "forward"
+        memory = problem.__dict__.setdefault("_fd_step", {})
+        s = torch.full((len(cols),), min(memory.get(key, cap), cap), dtype=torch.float64)
+    sigma = gradient_noise(problem)
+    gain = 2 * _NOISE_GAIN[central] * sigma
+    p = 2 if central else 1
+    u = torch.finfo(problem.dtype).eps
+    pending = torch.arange(len(cols))
+    best = torch.empty(len(cols), dtype=torch.float64)
+    for attempt in range(MAX_PASSES):
+        step = s[pending].to(dtype=problem.dtype, device=problem.device)
+        d1, d2, R = _pairs(problem, U[:, pending], step, central, progress)
+        trunc = torch.linalg.vector_norm((R - d2).double(), dim=0).cpu()
+        size = torch.linalg.vector_norm(R.double(), dim=0).cpu()
+        sp = s[pending]
+        e = trunc + gain / sp + u * size
+        # err(s) ~ a s^p + b / s: its minimiser from this pair
+        a = trunc / sp**p
+        s_opt = torch.where(
+            a > 0, (gain / (p * a.clamp_min(1e-300))) ** (1 / (p + 1)), torch.full_like(a, cap)
+        ).clamp(max=cap)
+        ok = (sp <= 2 * s_opt) & ((sp >= s_opt / 2) | (sp >= cap))
+        if eps is not None or attempt == MAX_PASSES - 1:
+            ok = torch.ones_like(ok)
+        done = pending[ok]
+        out[:, cols[done]] = R[:, ok] * norms[cols[done]]
+        err[cols[done]] = e[ok]
+        best[pending] = s_opt
+        s[pending] = s_opt
+        pending = pending[~ok]
+        if len(pending) == 0:
+            break
+    if eps is None:
+        memory[key] = float(best.median())
+    return out, err
