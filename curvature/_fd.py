@@ -127,55 +127,76 @@ def _pairs(
 
 
 def fd_products(
-    problem: Problem, V: Tensor, eps: float | None, central: bool, progress: bool = False
+    problem: Problem,
+    V: Tensor,
+    eps: float | None,
+    central: bool,
+    progress: bool = False,
+    max_bytes: float = 2**28,
 ) -> tuple[Tensor, Tensor]:
     """``H V`` by extrapolated finite differences and each column's error estimate.
 
     ``V: Tensor[n, k]``. Returns the products ``Tensor[n, k]`` and ``Tensor[k]``
     (float64, CPU): the estimated ``||(H V)_j - H v_j|| / ||v_j||`` (eigenvalue
     units; 0 for a zero column). ``eps`` fixes the step on ``v`` (the points are
-    ``w +- eps v`` and ``w +- eps v / 2``) and skips the adaptation.
+    ``w +- eps v`` and ``w +- eps v / 2``) and skips the adaptation. Columns go
+    through the data in groups whose evaluation points and gradients (about three
+    ``n``-vectors per point) fit in ``max_bytes``.
     """
     k = V.shape[1]
     norms = torch.linalg.vector_norm(V, dim=0)
-    nonzero = norms > 0
     out = torch.zeros_like(V)
     err = torch.zeros(k, dtype=torch.float64)
-    if not bool(nonzero.any()):
-        return out, err
-    cols = nonzero.nonzero().squeeze(1)
-    U = V[:, cols] / norms[cols]
+    cols = (norms > 0).nonzero().squeeze(1)
+    per_column = 3 * (4 if central else 2) * V.shape[0] * V.element_size()
+    group = max(1, int(max_bytes // per_column))
+    for first in range(0, len(cols), group):
+        c = cols[first : first + group]
+        hv, e = _fd_block(problem, V[:, c] / norms[c], eps, central, progress, norms[c])
+        out[:, c] = hv * norms[c]
+        err[c.cpu()] = e
+    return out, err
+
+
+def _fd_block(
+    problem: Problem, U: Tensor, eps: float | None, central: bool, progress: bool, norms: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Extrapolated ``H u`` and error estimates for unit columns ``U`` (see module doc)."""
+    m = U.shape[1]
     cap = start_step(problem, central)
+    u = torch.finfo(problem.dtype).eps
+    # below this step the rounding of w + s v (about u ||w||) is over 10% of s v
+    floor = 10 * u * (1.0 + float(torch.linalg.vector_norm(problem.w0)))
+    key = "central" if central else "forward"
+    memory = problem.__dict__.setdefault("_fd_step", {})
     if eps is not None:
-        s = float(eps) * norms[cols].to(torch.float64).cpu()
+        s = float(eps) * norms.to(torch.float64).cpu()
     else:
-        key = "central" if central else "forward"
-        memory = problem.__dict__.setdefault("_fd_step", {})
-        s = torch.full((len(cols),), min(memory.get(key, cap), cap), dtype=torch.float64)
-    sigma = gradient_noise(problem)
+        s = torch.full((m,), min(memory.get(key, cap), cap), dtype=torch.float64)
+    sigma = max(gradient_noise(problem), u * float(torch.linalg.vector_norm(problem.gradient())))
     gain = 2 * _NOISE_GAIN[central] * sigma
     p = 2 if central else 1
-    u = torch.finfo(problem.dtype).eps
-    pending = torch.arange(len(cols))
-    best = torch.empty(len(cols), dtype=torch.float64)
+    out = torch.empty_like(U)
+    err = torch.empty(m, dtype=torch.float64)
+    best = torch.empty(m, dtype=torch.float64)
+    pending = torch.arange(m)
     for attempt in range(MAX_PASSES):
-        step = s[pending].to(dtype=problem.dtype, device=problem.device)
-        d1, d2, R = _pairs(problem, U[:, pending], step, central, progress)
+        sp = s[pending]
+        d1, d2, R = _pairs(problem, U[:, pending], sp.to(problem.dtype).to(U.device), central, progress)
         trunc = torch.linalg.vector_norm((R - d2).double(), dim=0).cpu()
         size = torch.linalg.vector_norm(R.double(), dim=0).cpu()
-        sp = s[pending]
         e = trunc + gain / sp + u * size
-        # err(s) ~ a s^p + b / s: its minimiser from this pair
+        # err(s) ~ a s^p + b / s: its minimiser implied by this pair
         a = trunc / sp**p
         s_opt = torch.where(
             a > 0, (gain / (p * a.clamp_min(1e-300))) ** (1 / (p + 1)), torch.full_like(a, cap)
-        ).clamp(max=cap)
+        ).clamp(min=floor, max=cap)
         ok = (sp <= 2 * s_opt) & ((sp >= s_opt / 2) | (sp >= cap))
         if eps is not None or attempt == MAX_PASSES - 1:
             ok = torch.ones_like(ok)
         done = pending[ok]
-        out[:, cols[done]] = R[:, ok] * norms[cols[done]]
-        err[cols[done]] = e[ok]
+        out[:, done.to(U.device)] = R[:, ok.to(U.device)]
+        err[done] = e[ok]
         best[pending] = s_opt
         s[pending] = s_opt
         pending = pending[~ok]

@@ -198,3 +198,16 @@ def test_gpt2_float32_lambda_max_within_one_percent(gpt2_case, method):
     # converged only where the products allow the tolerance
     limit = r.tol * abs(float(r.values[0]))
     assert r.converged == (bool(r.converged_mask.all()) and r.product_error <= limit)
+
+
+def test_columns_in_groups_under_a_memory_bound():
+    model, data = mlp_problem(torch.float64)
+    truth = cv.HessianOperator(model, F.cross_entropy, data)
+    n = truth.shape[0]
+    V = torch.stack([unit(n, 5), torch.zeros(n, dtype=torch.float64), 3 * unit(n, 6)], 1)
+    op = cv.HessianOperator(model, F.cross_entropy, data, method="fd-central")
+    hv, e = _fd.fd_products(op.problem, V, None, central=True, max_bytes=1)  # 1 column a pass
+    ref = truth @ V
+    assert e[1] == 0 and torch.all(hv[:, 1] == 0)
+    for j in (0, 2):
+        assert err(hv[:, j], ref[:, j]) <= float(e[j]) * float(V[:, j].norm()) < 1e-6
