@@ -72,6 +72,24 @@ def test_mlp_products_and_honest_error(method, dtype):
         assert err(out[:, j], ref[:, j]) <= scale * op.product_error
 
 
+@pytest.mark.parametrize("method", ["fd", "fd-central"])
+def test_relu_kinks_are_reported_not_hidden(method):
+    """Float32 steps cross ReLU/max-pool kinks (gradient jumps): poor products, and
+    an error estimate that still bounds them."""
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 10),
+    )
+    X = torch.randn(300, 1, 8, 8)
+    y = torch.randint(0, 10, (300,))
+    truth = cv.HessianOperator(model, F.cross_entropy, (X, y), dtype=torch.float64)
+    top = cv.eigenvalues(truth, k=1, seed=0).vectors[:, 0]
+    for v in (unit(truth.shape[0], 2), top):
+        op = cv.HessianOperator(model, F.cross_entropy, (X, y), method=method)
+        check_honest(op, truth, v)
+
+
 def test_gradient_noise_matches_float32_roundoff():
     """The measured roundoff of a float32 gradient is that of the float64 comparison."""
     model, data = mlp_problem(torch.float32)
