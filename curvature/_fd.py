@@ -64,6 +64,9 @@ _JUMP = 3.0
 _NOISE_GAIN = {True: math.sqrt(32.5) / 3, False: math.sqrt(26.0)}
 """``noise(R) * s / sigma`` for central (``True``) and forward (``False``) pairs."""
 
+_DIFF_GAIN = {True: math.sqrt(2.5), False: math.sqrt(6.0)}
+"""``noise(D(s) - D(s/2)) * s / sigma`` for central and forward pairs."""
+
 
 def start_step(problem: Problem, central: bool) -> float:
     """Classical step along a unit vector: ``c (1 + ||w||)``, ``c = u^(1/3)`` or ``u^(1/2)``.
@@ -187,6 +190,8 @@ def _fd_block(
         s = torch.full((m,), min(memory.get(key, cap), cap), dtype=torch.float64)
     sigma = max(gradient_noise(problem), u * float(torch.linalg.vector_norm(problem.gradient())))
     gain = 2 * _NOISE_GAIN[central] * sigma
+    # the reported error is ~ a s^p + b / s: b collects every noise term it contains
+    b = (_JUMP * _DIFF_GAIN[central] + 2 * _NOISE_GAIN[central]) * sigma
     p = 2 if central else 1
     out = torch.empty_like(U)
     err = torch.empty(m, dtype=torch.float64)
@@ -195,13 +200,15 @@ def _fd_block(
     for attempt in range(MAX_PASSES):
         sp = s[pending]
         d1, d2, R = _pairs(problem, U[:, pending], sp.to(problem.dtype).to(U.device), central, progress)
-        trunc = _JUMP * torch.linalg.vector_norm((d1 - d2).double(), dim=0).cpu()
+        diff = torch.linalg.vector_norm((d1 - d2).double(), dim=0).cpu()
         size = torch.linalg.vector_norm(R.double(), dim=0).cpu()
-        e = trunc + gain / sp + u * size
-        # err(s) ~ a s^p + b / s: its minimiser implied by this pair
-        a = trunc / sp**p
+        e = _JUMP * diff + gain / sp + u * size
+        # truncation seen above twice the noise of the difference; none seen: the
+        # step may grow (1.25x for the next product)
+        seen = (diff - 2 * _DIFF_GAIN[central] * sigma / sp).clamp_min(0)
+        a = _JUMP * seen / sp**p
         s_opt = torch.where(
-            a > 0, (gain / (p * a.clamp_min(1e-300))) ** (1 / (p + 1)), torch.full_like(a, cap)
+            a > 0, (b / (p * a.clamp_min(1e-300))) ** (1 / (p + 1)), 1.25 * sp
         ).clamp(min=floor, max=cap)
         ok = (sp <= 2 * s_opt) & ((sp >= s_opt / 2) | (sp >= cap))
         if eps is not None or attempt == MAX_PASSES - 1:
