@@ -34,14 +34,19 @@ the number and size of the cancelling terms), which is why it is measured (a
 difference-table estimate in the spirit of More & Wild, SIAM J. Sci. Comput. 2011).
 
 The step balances the two parts of ``err = a s^p + b / s`` (``p = 2`` central,
-``1`` forward): the first pass uses the step the previous product settled on
-(at first the classical ``u^(1/3) (1 + ||w||)`` / ``u^(1/2) (1 + ||w||)``, which is
-also the largest step ever used); a column whose step is more than a factor 2 from
-the minimiser ``s* = (b / (p a))^(1 / (p + 1))`` implied by its own pair is redone at
-``s*`` (at most two more passes; never below ``10 u (1 + ||w||)``, where rounding
-``w + s v`` would distort the step by 10%). A product therefore costs 2 (forward) or 4
-(central) gradients per column, up to 3 times that for columns whose step had to be
-adapted, plus, once per operator, 4 gradients for ``sigma`` (and ``g(w)`` for forward).
+``1`` forward; ``a`` from the part of ``||D(s) - D(s/2)||`` above twice its expected
+noise, ``b`` from ``sigma``): the first pass uses the step the previous product
+settled on (at first the classical ``u^(1/3) (1 + ||w||)`` / ``u^(1/2) (1 + ||w||)``,
+which is also the largest step ever used); a column whose step is more than a
+factor 2 from the minimiser ``s* = (b / (p a))^(1 / (p + 1))`` implied by its own
+pair is redone at ``s*`` (at most two more passes; never below ``10 u (1 + ||w||)``,
+where rounding ``w + s v`` would distort the step by 10%). A pair whose truncation
+is lost in the noise is kept and lets the next product try a 1.25x longer step.
+A product therefore costs 2 (forward) or 4 (central) gradients per column, up to 3
+times that for columns whose step had to be adapted, plus, once per operator, 4
+gradients for ``sigma`` (and ``g(w)`` for forward). Measured over a Lanczos run on a
+small GPT-2: 2.5 and 5.6 gradients per product in float32, 2.8 and 4.8 in float64
+(the single-step scheme this replaces cost 1 and 2, with no error estimate).
 """
 
 from __future__ import annotations
