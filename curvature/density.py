@@ -57,12 +57,16 @@ class SpectralDensity:
         Operator products spent (``num_probes * num_steps``).
     dim : int
         ``n``, the operator's dimension.
+    product_error : float
+        The operator's :attr:`~curvature.CurvatureOperator.product_error` after the
+        run (0.0 for exact products): each node is uncertain by about this much.
     """
 
     nodes: Tensor
     weights: Tensor
     num_matvecs: int
     dim: int
+    product_error: float = 0.0
 
     @property
     def lambda_min(self) -> float:
@@ -193,6 +197,7 @@ def spectral_density(
         weights=torch.as_tensor(weights),
         num_matvecs=op.num_matvecs - start_count,
         dim=n,
+        product_error=op.product_error,
     )
 
 

@@ -7,16 +7,19 @@ iteration); this module checks the arguments and dispatches.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from curvature._lanczos import lanczos
 from curvature._power import power_iteration
 from curvature._random import make_generator
 from curvature.operators import CurvatureOperator
-from curvature.results import EigenResult
+from curvature.results import ConvergenceWarning, EigenResult
 
 __all__ = ["eigenvalues"]
 
@@ -129,7 +132,8 @@ def eigenvalues(
     if method == "power":
         if basis_size is not None:
             raise ValueError("basis_size applies to method='lanczos' only")
-        return power_iteration(op, k, which, float(tol), max_matvecs, gen, progress, callback)
+        result = power_iteration(op, k, which, float(tol), max_matvecs, gen, progress, callback)
+        return _limit_by_product_error(result, op)
     if basis_size is None:
         # At most ~2**29 stored numbers (2 GiB in float32) unless k itself needs more.
         basis_size = min(n, max(2 * k + 10, k + 30), max(k + 10, _BASIS_NUMBERS // n))
@@ -138,4 +142,35 @@ def eigenvalues(
         raise ValueError(
             f"basis_size must satisfy k < basis_size <= n (k = {k}, n = {n}), got {basis_size}"
         )
-    return lanczos(op, k, which, float(tol), max_matvecs, basis_size, gen, progress, callback)
+    result = lanczos(op, k, which, float(tol), max_matvecs, basis_size, gen, progress, callback)
+    return _limit_by_product_error(result, op)
+
+
+def _limit_by_product_error(result: EigenResult, op: CurvatureOperator) -> EigenResult:
+    """Refuse convergence below the accuracy of the products (finite differences).
+
+    A pair cannot be trusted to ``tol`` when one product may be off by more than its
+    residual threshold ``tol * max(|lambda_i|, 1e-3 * max_j |lambda_j|)``.
+    """
+    err = op.product_error
+    if err == 0.0:
+        return result
+    values = result.values.abs()
+    finite = values[values.isfinite()]
+    scale = float(finite.max()) if finite.numel() else 0.0
+    limit = result.tol * torch.clamp(values, min=1e-3 * scale)
+    ok = ~(limit < err)  # a NaN value (pair not found) stays as the algorithm left it
+    mask = result.converged_mask & ok
+    if bool(ok.all()):
+        return dataclasses.replace(result, product_error=err)
+    message = (
+        f"finite-difference error limits the accuracy: products are off by up to "
+        f"{err:.3g} per unit vector (op.product_error), above the residual threshold "
+        f"{float(limit[~ok].min()):.3g} that tol = {result.tol:g} requires; raise tol "
+        f"or use float64 / method='exact'. {result.message}"
+    ).strip()
+    if result.converged:  # a run that did not converge has warned already
+        warnings.warn(f"eigenvalues ({result.method}): {message}", ConvergenceWarning, stacklevel=3)
+    return dataclasses.replace(
+        result, converged=False, converged_mask=mask, message=message, product_error=err
+    )

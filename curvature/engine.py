@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from tqdm.auto import tqdm
 
+from curvature import _fd
 from curvature.batches import (  # noqa: F401  (re-exported: engine.as_batches, ...)
     _is_batch,
     as_batches,
@@ -627,50 +628,35 @@ class Problem:
             "exact Hessian-vector products need second derivatives of every operation "
             "(custom autograd.Functions need setup_context and a differentiable backward), "
             f"but the model failed ({str(err).splitlines()[0]}); use "
-            "HessianOperator(..., method='fd') or method='fd-central' (finite differences "
-            "of gradients need only first derivatives)"
+            "HessianOperator(..., method='fd') or method='fd-central': finite differences "
+            "of gradients need only first derivatives. Cost per product: about 2 gradients "
+            "('fd') or 4 ('fd-central'), up to 3x that when a step is corrected. Accuracy "
+            "measured on a small GPT-2 (median relative error of a product): 'fd-central' "
+            "1e-10 in float64 and 8e-5 in float32, 'fd' 3e-8 and 7e-4; each product's "
+            "error is estimated and reported as op.product_error"
         )
 
     def default_eps(self, V: Tensor, central: bool) -> Tensor:
-        """Scale-aware step per column: ``c (1 + ||w||) / ||v||``, ``c = u^(1/2)`` or ``u^(1/3)``."""
-        u = torch.finfo(self.dtype).eps
-        c = u ** (1 / 3) if central else math.sqrt(u)
-        scale = c * (1.0 + torch.linalg.vector_norm(self.w0))
+        """Largest (and first) finite-difference step per column of ``V``, on ``v``:
+        ``c (1 + ||w||) / ||v||``, ``c = u^(1/3)`` (central) or ``u^(1/2)`` (forward).
+        The step actually used is adapted per column (:mod:`curvature._fd`)."""
+        scale = _fd.start_step(self, central)
         norms = torch.linalg.vector_norm(V, dim=0)
         return torch.where(norms > 0, scale / norms, torch.ones_like(norms))
 
     def hvp_fd(
         self, V: Tensor, eps: float | None, central: bool, progress: bool = False
-    ) -> Tensor:
-        """Finite-difference ``H V`` from gradients only, one pass over the data for all columns."""
-        k = V.shape[1]
-        if eps is None:
-            steps = self.default_eps(V, central)
-        else:
-            steps = torch.full((k,), float(eps), dtype=self.dtype, device=self.device)
-        if not central:
-            g0 = self.gradient()
-        total = torch.zeros_like(V)
-        count, losses = 0, []
-        with self._session():
-            for _, nb, batch in self._iterate(progress, "fd-hvp"):
-                for j in range(k):
-                    dw = steps[j] * V[:, j]
-                    wp = (self.w0 + dw).requires_grad_(True)
-                    loss = self.batch_loss(wp, batch)
-                    (gp,) = torch.autograd.grad(loss, wp)
-                    if central:
-                        wm = (self.w0 - dw).requires_grad_(True)
-                        (gm,) = torch.autograd.grad(self.batch_loss(wm, batch), wm)
-                        gp = gp - gm
-                    total[:, j].add_(gp, alpha=nb)
-                    if j == 0:
-                        losses.append(loss.detach())
-                count += nb
-        out = self._finish(total, count, losses)
-        if central:
-            return out / (2 * steps)
-        return (out - g0.unsqueeze(1)) / steps
+    ) -> tuple[Tensor, Tensor]:
+        """Finite-difference ``H V`` from gradients only, with an error estimate per column.
+
+        Richardson-extrapolated differences at two steps, the step adapted per
+        column to balance truncation and the measured gradient roundoff
+        (:func:`curvature._fd.fd_products`). Returns ``(Tensor[n, k], Tensor[k])``:
+        the products and the estimated ``||error_j|| / ||v_j||`` (float64, CPU).
+        Cost per column: 2 gradients (forward) or 4 (central), up to 3x that when the
+        step is corrected; once per problem 4 more (the roundoff measurement).
+        """
+        return _fd.fd_products(self, V, eps, central, progress)
 
     def ggn(
         self,

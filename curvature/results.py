@@ -44,6 +44,11 @@ class EigenResult:
         The relative residual tolerance used.
     message : str
         Human-readable account of how the run ended.
+    product_error : float
+        The operator's :attr:`~curvature.CurvatureOperator.product_error` after the
+        run: estimated largest error of one product per unit vector (eigenvalue
+        units; 0.0 for exact products). Pairs are not called converged when it
+        exceeds their residual threshold.
     """
 
     values: Tensor
@@ -56,6 +61,7 @@ class EigenResult:
     which: str
     tol: float
     message: str = ""
+    product_error: float = 0.0
 
     def __repr__(self) -> str:
         vals = ", ".join(f"{v:.6g}" for v in self.values.tolist())
@@ -80,12 +86,18 @@ class TraceResult:
         Operator-vector products spent.
     method : str
         ``"hutch++"`` or ``"hutchinson"``.
+    product_error : float
+        The operator's :attr:`~curvature.CurvatureOperator.product_error` after the
+        estimate (0.0 for exact products). A probe ``z`` carries a quadratic-form
+        error of at most ``||z||^2 * product_error`` (``n * product_error`` for
+        Rademacher probes), which ``stderr`` does not include.
     """
 
     estimate: float
     stderr: float
     num_matvecs: int
     method: str
+    product_error: float = 0.0
 
     def __float__(self) -> float:
         return float(self.estimate)
@@ -103,9 +115,13 @@ class DiagonalResult:
         Per-coordinate standard error of ``estimate``.
     num_matvecs : int
         Operator-vector products spent.
+    product_error : float
+        The operator's :attr:`~curvature.CurvatureOperator.product_error` after the
+        estimate (0.0 for exact products), not included in ``stderr``.
     """
 
     estimate: Tensor
     stderr: Tensor
     num_matvecs: int
+    product_error: float = 0.0
 

@@ -179,6 +179,7 @@ def trace(
         stderr=stderr,
         num_matvecs=op.num_matvecs - start_count,
         method=method,
+        product_error=op.product_error,
     )
 
 
@@ -279,4 +280,5 @@ def diagonal(
         estimate=mean.to(op.dtype),
         stderr=(var / m).sqrt().to(op.dtype),
         num_matvecs=op.num_matvecs - start_count,
+        product_error=op.product_error,
     )
