@@ -1,0 +1,90 @@
+"""Report writing shared by the drivers: markdown tables, atomic writes, the figure
+inventory and the footer that says how to regenerate a report."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analysis.harness.cli import command_line
+from analysis.harness.timing import Timer
+
+__all__ = ["markdown_table", "write_atomic", "png_sizes", "finish_report"]
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4g}", *,
+                   columns: Sequence[str] | None = None, formats: dict[str, str] | None = None,
+                   nan: str = "n/a", inf: str | None = None) -> str:
+    """A GitHub markdown table of ``df`` (no dependency on ``tabulate``).
+
+    ``columns`` selects and orders the columns (default: all); floats are written with
+    ``formats[column]`` (a ``str.format`` pattern) or ``floatfmt``; NaN as ``nan``; an
+    infinity as ``inf`` (default: as ``nan``); anything else with ``str``.
+    """
+    cols = [str(c) for c in df.columns] if columns is None else list(columns)
+    formats = formats or {}
+
+    def cell(v: Any, col: str) -> str:
+        if isinstance(v, (float, np.floating)):
+            x = float(v)
+            if math.isnan(x):
+                return nan
+            if math.isinf(x):
+                return nan if inf is None else inf
+            return formats.get(col, floatfmt).format(x)
+        return str(v)
+
+    table = df if columns is None else df[cols]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v, c) for v, c in zip(row, cols)) + " |")
+    return "\n".join(lines)
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a
+    rename, so that a reader never sees a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def png_sizes(out: Path) -> dict[str, int]:
+    """Bytes of every PNG in ``out``."""
+    return {p.name: p.stat().st_size for p in sorted(Path(out).glob("*.png"))}
+
+
+def finish_report(out: Path, body: str, timer: Timer, quick: bool, *,
+                  runtime_s: float | None = None, command: str | None = None,
+                  note: str = "") -> Path:
+    """Write ``out/report.md``: ``body`` plus the regenerating command and runtime.
+
+    ``runtime_s``/``command`` override the current process's (when a report is rebuilt
+    from saved runs); ``note`` is appended to the runtime line."""
+    out = Path(out)
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    seconds = timer.elapsed if runtime_s is None else runtime_s
+    footer = (
+        "\n\n## Reproduce\n\n"
+        f"```\n{command or command_line()}\n```\n\n"
+        f"Runtime: {seconds:.0f} s wall clock on {torch.get_num_threads()} torch "
+        f"threads (OMP_NUM_THREADS={threads}), torch {torch.__version__}, CPU"
+        + (" -- **quick mode** (CI smoke run; numbers are not meaningful)" if quick else "")
+        + f".{(' ' + note) if note else ''}\n"
+    )
+    return write_atomic(out / "report.md", body.rstrip() + footer)
