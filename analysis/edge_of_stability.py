@@ -26,43 +26,30 @@ eigenvector with eigenvalue ``lambda``, gradient ``g = H w``):
 
 Writes ``reports/edge-of-stability/``.
 
-    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python analysis/edge_of_stability.py
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python -m analysis.edge_of_stability
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-import curvature as cv  # noqa: E402
-from analysis._common import (  # noqa: E402
-    Timer,
-    base_parser,
-    command_line,
-    finish_report,
-    fmt_pm,
-    markdown_table,
-    mean_ci,
-    png_sizes,
-)
-from curvature import plots  # noqa: E402
-from curvature.optim import SAM  # noqa: E402
+import curvature as cv
+from analysis.harness.cli import base_parser, command_line
+from analysis.harness.report import finish_report, markdown_table, png_sizes
+from analysis.harness.stats import fmt_pm, mean_ci
+from analysis.harness.timing import Timer
+from curvature import plots
+from curvature.optim import SAM
 
 DPI = 130
 

@@ -8,43 +8,30 @@ with ``curvature``: every cell is trained for each seed, and its final weights a
 measured on test data (Lanczos lambda_max, Hutch++ trace). Writes
 ``reports/lr-wd-heatmap/``.
 
-    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python analysis/lr_wd_heatmap.py
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python -m analysis.lr_wd_heatmap
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-import curvature as cv  # noqa: E402
-from analysis._common import (  # noqa: E402
-    Timer,
-    base_parser,
-    command_line,
-    curvature_metrics,
-    finish_report,
-    fmt_pm,
-    markdown_table,
-    mean_ci,
-    png_sizes,
-)
-from curvature import plots  # noqa: E402
-from curvature.train import train  # noqa: E402
+import curvature as cv
+from analysis.harness.cli import base_parser, command_line
+from analysis.harness.measures import curvature_metrics
+from analysis.harness.report import finish_report, markdown_table, png_sizes
+from analysis.harness.stats import fmt_pm, mean_ci
+from analysis.harness.timing import Timer
+from curvature import plots
+from curvature.train import train
 
 DPI = 130
 OPTIMIZERS = {"SGD": ("sgd", {}), "SAM": ("sam", {"rho": 0.05}), "SA-SAM": ("sa-sam", {})}
