@@ -31,7 +31,6 @@ Writes ``reports/edge-of-stability/``.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +43,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import curvature as cv
-from analysis.harness.cli import base_parser, command_line
-from analysis.harness.report import finish_report, markdown_table, png_sizes
+from analysis.harness.cli import base_parser
+from analysis.harness.report import (
+    finish_report,
+    markdown_table,
+    png_sizes,
+    read_run_meta,
+    write_run_meta,
+)
 from analysis.harness.stats import fmt_pm, mean_ci
 from analysis.harness.timing import Timer
 from curvature import plots
@@ -320,9 +325,8 @@ def fig_summary(agg: pd.DataFrame, out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser(__doc__.split("\n")[0], "reports/edge-of-stability")
-    p.add_argument("--report-only", action="store_true",
-                   help="rebuild statistics, figures and report.md from trajectories.csv")
+    p = base_parser(__doc__.split("\n")[0], "reports/edge-of-stability",
+                    report_only="rebuild statistics, figures and report.md from trajectories.csv")
     args = p.parse_args(argv)
     s = QUICK if args.quick else Settings()
     if args.seeds:
@@ -346,8 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             pd.concat(frames).to_csv(out / "trajectories.csv", index=False)
     pd.concat(frames, ignore_index=True).to_csv(out / "trajectories.csv", index=False)
-    (out / "run_meta.json").write_text(json.dumps(
-        {"command": command_line(), "runtime_s": timer.elapsed}, indent=1))
+    write_run_meta(out, timer)
     return rebuild(out, s, args.quick)
 
 
@@ -360,8 +363,7 @@ def rebuild(out: Path, s: Settings, quick: bool) -> int:
     agg = aggregate(per_run)
     agg.to_csv(out / "settled_summary.csv", index=False)
     figs = [fig_gd(df, out), fig_sam(df, out), fig_summary(agg, out)]
-    meta_path = out / "run_meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_run_meta(out)
     write_report(out, s, agg, per_run, figs, timer, quick, meta)
     print(f"wrote {out / 'report.md'}; PNG sizes {png_sizes(out)}")
     return 0

@@ -13,7 +13,6 @@ measured on test data (Lanczos lambda_max, Hutch++ trace). Writes
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +24,15 @@ import pandas as pd
 import torch
 
 import curvature as cv
-from analysis.harness.cli import base_parser, command_line
+from analysis.harness.cli import base_parser
 from analysis.harness.measures import curvature_metrics
-from analysis.harness.report import finish_report, markdown_table, png_sizes
+from analysis.harness.report import (
+    finish_report,
+    markdown_table,
+    png_sizes,
+    read_run_meta,
+    write_run_meta,
+)
 from analysis.harness.stats import fmt_pm, mean_ci
 from analysis.harness.timing import Timer
 from curvature import plots
@@ -215,9 +220,8 @@ def cellwise(df: pd.DataFrame, s: Settings) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser(__doc__.split("\n")[0], "reports/lr-wd-heatmap")
-    p.add_argument("--report-only", action="store_true",
-                   help="rebuild tables, figures and report.md from runs.csv in --out")
+    p = base_parser(__doc__.split("\n")[0], "reports/lr-wd-heatmap",
+                    report_only="rebuild tables, figures and report.md from runs.csv in --out")
     args = p.parse_args(argv)
     s = QUICK if args.quick else Settings()
     if args.seeds:
@@ -241,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"lam={row.get('lambda_max_test', math.nan):.4g}", flush=True)
                     pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
     pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
-    (out / "run_meta.json").write_text(json.dumps(
-        {"command": command_line(), "runtime_s": timer.elapsed}, indent=1))
+    write_run_meta(out, timer)
     return rebuild(out, s, args.quick)
 
 
@@ -258,8 +261,7 @@ def rebuild(out: Path, s: Settings, quick: bool) -> int:
     cells = cellwise(df, s)
     cells.to_csv(out / "cellwise.csv", index=False)
     figs = [fig_heatmaps(df, s, out), fig_lr_curves(df, s, out)]
-    meta_path = out / "run_meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_run_meta(out)
     write_report(out, s, df, sens, cells, figs, timer, quick, meta)
     print(f"wrote {out / 'report.md'} in {timer.elapsed:.0f} s; PNG sizes {png_sizes(out)}")
     return 0

@@ -12,8 +12,11 @@ __all__ = ["REPO", "base_parser", "command_line", "module_command"]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def base_parser(description: str, default_out: str) -> argparse.ArgumentParser:
-    """``--out``, ``--quick``, ``--seeds``, ``--progress`` shared by all drivers."""
+def base_parser(description: str, default_out: str,
+                report_only: str | None = None) -> argparse.ArgumentParser:
+    """``--out``, ``--quick``, ``--seeds``, ``--progress`` shared by all drivers, and
+    ``--report-only`` (with help text ``report_only``) for drivers that rebuild their
+    report from saved tables."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--out", default=str(REPO / default_out),
                    help=f"report folder (default: {default_out})")
@@ -21,6 +24,8 @@ def base_parser(description: str, default_out: str) -> argparse.ArgumentParser:
                    help="tiny CI variant: few steps, one seed, coarse estimators")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default per mode)")
     p.add_argument("--progress", action="store_true", help="tqdm bars for the estimators")
+    if report_only is not None:
+        p.add_argument("--report-only", action="store_true", help=report_only)
     return p
 
 

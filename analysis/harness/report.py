@@ -3,6 +3,7 @@ inventory and the footer that says how to regenerate a report."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -17,7 +18,8 @@ import torch
 from analysis.harness.cli import command_line
 from analysis.harness.timing import Timer
 
-__all__ = ["markdown_table", "write_atomic", "png_sizes", "finish_report"]
+__all__ = ["markdown_table", "write_atomic", "png_sizes", "finish_report", "write_run_meta",
+           "read_run_meta"]
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4g}", *,
@@ -88,3 +90,17 @@ def finish_report(out: Path, body: str, timer: Timer, quick: bool, *,
         + f".{(' ' + note) if note else ''}\n"
     )
     return write_atomic(out / "report.md", body.rstrip() + footer)
+
+
+def write_run_meta(out: Path, timer: Timer) -> dict[str, Any]:
+    """Save ``out/run_meta.json``: the command that ran and its runtime (seconds), which a
+    later ``--report-only`` rebuild puts in the report's footer."""
+    meta = {"command": command_line(), "runtime_s": timer.elapsed}
+    write_atomic(Path(out) / "run_meta.json", json.dumps(meta, indent=1))
+    return meta
+
+
+def read_run_meta(out: Path) -> dict[str, Any]:
+    """``out/run_meta.json`` as written by :func:`write_run_meta` (``{}`` when absent)."""
+    path = Path(out) / "run_meta.json"
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,8 @@ import pandas as pd
 import torch
 
 import curvature as cv
-from analysis.harness.cli import base_parser, command_line
-from analysis.harness.report import markdown_table, png_sizes
+from analysis.harness.cli import base_parser
+from analysis.harness.report import markdown_table, png_sizes, read_run_meta, write_run_meta
 from analysis.harness.timing import Timer
 from analysis.minima import __doc__ as _package_doc
 from analysis.minima.claims import basin_table, claims, sa_summary, summarise
@@ -101,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         pd.DataFrame(density_rows).to_csv(out / "density_slq.csv", index=False)
     if "digits-mlp" in cfg.workloads:
         sa_diagnostic(out, cfg)
-    meta = {"command": command_line(), "runtime_s": timer.elapsed}
-    (out / "run_meta.json").write_text(json.dumps(meta, indent=1))
+    write_run_meta(out, timer)
     return rebuild(out, cfg, args.quick)
 
 
@@ -159,8 +157,7 @@ def rebuild(out: Path, cfg: Settings, quick: bool) -> int:
     comp.to_csv(out / "comparisons.csv", index=False)
     corr.to_csv(out / "correlations.csv", index=False)
     cfg.workloads = workloads
-    meta_path = out / "run_meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_run_meta(out)
     write_report(out, cfg, df, summary, figures, claims_md, timer, quick, meta, summary_md)
     print(f"wrote {out / 'report.md'}; PNG sizes {png_sizes(out)}")
     return 0
