@@ -1,11 +1,13 @@
-"""The "What missed, and why" section: one bullet per missed target, its prose filled in
-with the measured numbers that explain it."""
+"""The "What missed, and why" section: one bullet per missed target, the prose of
+:mod:`analysis.benchmark.text` filled in with the measured numbers that explain it."""
 
 from __future__ import annotations
 
 import math
 
 import pandas as pd
+
+from analysis.benchmark import text
 
 
 def discussion(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: pd.DataFrame,
@@ -28,70 +30,47 @@ def discussion(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: pd.
         l32 = per_col(wl, "curvlinops", 32)
         if math.isnan(c1):
             return ""
-        return (f" A k-column product costs curvature {c1:.2f} gradients per column at k = 1 "
-                f"and {c32:.2f} at k = 32 (the engine's faster checked path), "
-                f"curvlinops {l32:.2f} at k = 32 (vmap over forward-over-reverse): on this "
-                "model batching the second backward over columns "
-                + ("saves little, " if c32 > 0.6 * c1 else "helps, ")
-                + "so block estimators (Hutch++, the density's probe block) get "
-                + ("less from it than a vmapped forward-over-reverse product would give."
-                   if l32 < c32 else "most of what batching can give."))
+        return text.BLOCK_COST.format(
+            c1=c1, c32=c32, l32=l32,
+            saves=text.BLOCK_SAVES_LITTLE if c32 > 0.6 * c1 else text.BLOCK_HELPS,
+            gets=text.BLOCK_GETS_LESS if l32 < c32 else text.BLOCK_GETS_MOST)
 
     missed = [t for t in tg if not t["met"]]
     if not missed:
-        return ["Every target was met in this run."]
+        return [text.ALL_MET]
     for t in missed:
         wl, target = t["workload"], t["target"]
-        head = f"* **{wl}: {target}** -- measured {t['measured']}."
+        head = text.MISSED_HEAD.format(workload=wl, target=target, measured=t["measured"])
         if target.startswith("exact HVP"):
-            fresh, warm = get(wl, "hvp", "curvature", "time_in_gradients"), get(
-                wl, "hvp_warm", "curvature", "time_in_gradients")
-            ph = get(wl, "hvp", "pyhessian", "time_in_gradients")
             p = prof[(prof.workload == wl) & (prof.run == "curvature hvp (fresh)")] \
                 if not prof.empty else prof
             top = ", ".join(f"{r.op} {r.share:.0%}" for _, r in p.head(3).iterrows())
-            out.append(
-                f"{head} A fresh product costs {fresh:.2f} gradients, a product on an "
-                f"operator with cached graphs {warm:.2f}, PyHessian's {ph:.2f}. The graph "
-                "cache removes the forward and first backward (about one gradient); what "
-                "remains is the backward of the backward, which for a layer `y = W x` "
-                "differentiates both `W^T gy` and `x gy^T` -- four matrix/convolution "
-                "products where the gradient has two, plus the tangent of every "
-                "nonlinearity -- so an exact product stays near 2 gradients or more on "
-                "compute-bound layers." + (f" Top self-CPU operators of a fresh "
-                                           f"product: {top}." if top else ""))
+            out.append(head + text.MISSED_HVP.format(
+                fresh=get(wl, "hvp", "curvature", "time_in_gradients"),
+                warm=get(wl, "hvp_warm", "curvature", "time_in_gradients"),
+                pyhessian=get(wl, "hvp", "pyhessian", "time_in_gradients"))
+                + (text.MISSED_HVP_PROFILE.format(top=top) if top else ""))
         elif target.startswith("no peer"):
             rw = ratios[(ratios.workload == wl) & (ratios.speedup < 1)]
             parts = []
             for _, r in rw.iterrows():
                 why = ""
                 if r.task == "trace":
-                    why = " -- same Hutch++ budget, cheaper block products." + block_text(wl)
+                    why = text.PEER_FASTER_TRACE + block_text(wl)
                 elif r.task == "hvp":
-                    why = (" -- a one-off product; within the noise of the machine "
-                           "(see `time_min_s`/`time_max_s`), and it includes building the "
-                           "operator (moving the batches, checking the graph for "
-                           "once-differentiable nodes, measuring saved tensors for the "
-                           "cache decision), which PyHessian does not do")
-                parts.append(f"{r.peer} on `{r.task}` ({r.peer_s:.3g} s vs "
-                             f"{r.curvature_s:.3g} s){why}")
+                    why = text.PEER_FASTER_HVP
+                parts.append(text.PEER_FASTER.format(peer=r.peer, task=r.task, peer_s=r.peer_s,
+                                                     curvature_s=r.curvature_s, why=why))
             out.append(f"{head} " + "; ".join(parts))
         elif target.startswith("trace"):
-            hv = get(wl, "trace", "curvature", "hvps")
             ph = main[(main.workload == wl) & (main.task == "trace") & (main.tool == "pyhessian")]
             var = df[(df.workload == wl) & (df.task == "trace") & (df.tool == "pyhessian")]
             note = str(var.note.iloc[0]) if len(var) else ""
-            out.append(
-                f"{head} Hutch++ computes the trace of a sketched top subspace exactly and "
-                "runs Hutchinson on the rest; it needs far fewer products than Hutchinson "
-                "only when a few eigenvalues carry most of `||H||_F` (Meyer et al., Thm "
-                f"1.1). Here Hutchinson needs {float(ph.hvps.iloc[0]) if len(ph) else math.nan:.0f} "
-                f"products and Hutch++ {hv:.0f} at the same standard error: the Hessian's "
-                "Frobenius norm is spread over many eigenvalues (and where they have both "
-                "signs, they cancel in the trace but not in the variance), so deflating m/3 "
-                "directions leaves most of the variance. No "
-                "change of implementation moves this ratio; it is a property of the "
-                "spectrum." + (f" ({note.split('; ', 1)[-1]})" if "accuracy" in note else ""))
+            out.append(head + text.MISSED_TRACE.format(
+                hutchinson=float(ph.hvps.iloc[0]) if len(ph) else math.nan,
+                hutchpp=get(wl, "trace", "curvature", "hvps"))
+                + (text.MISSED_TRACE_NOTE.format(note=note.split("; ", 1)[-1])
+                   if "accuracy" in note else ""))
         elif target.startswith("lambda_max") or target.startswith("density"):
             task = target.split(":")[0]
             r = ratios[(ratios.workload == wl) & (ratios.task == task) & (ratios.peer == "pyhessian")]
@@ -99,26 +78,19 @@ def discussion(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: pd.
                 out.append(head)
                 continue
             r = r.iloc[0]
-            text = (f"{head} Speedup = (PyHessian products / ours) x (its time per product / "
-                    f"ours) = {r.hvp_ratio:.2f} x {r.per_hvp_ratio:.2f}. ")
+            bullet = head + text.SPEEDUP_SPLIT.format(hvp_ratio=r.hvp_ratio,
+                                                      per_hvp_ratio=r.per_hvp_ratio)
             if task == "lambda_max":
-                text += (f"Lanczos needs {r.curvature_hvps:.0f} products; power iteration stops "
-                         f"after {r.peer_hvps:.0f} on its own rule (change of the Rayleigh "
-                         f"quotient < 1e-3), which left it at error {r.peer_err:.1e} against "
-                         f"{r.curvature_err:.1e} for Lanczos -- the top eigenvalue is well "
-                         "separated, so few products suffice for either and the ratio rests "
-                         "on the cost per product (cached graphs vs full recomputation).")
+                bullet += text.MISSED_LAMBDA_MAX.format(
+                    curvature_hvps=r.curvature_hvps, peer_hvps=r.peer_hvps,
+                    peer_err=r.peer_err, curvature_err=r.curvature_err)
             else:
-                text += ("Both spend 800 products; the ratio is the cost per product."
-                         + block_text(wl))
+                bullet += text.MISSED_DENSITY + block_text(wl)
                 row = main[(main.workload == wl) & (main.task == "density")
                            & (main.tool == "curvature")]
                 if len(row) and "trace" in str(row.error_metric.iloc[0]):
-                    text += (" (The density errors on this model are probe noise of the "
-                             "implied trace; `density_lmax_rel_error` in the rows table "
-                             "compares the quadratures' top edges instead.)")
-            out.append(text)
+                    bullet += text.DENSITY_PROBE_NOISE
+            out.append(bullet)
         else:
             out.append(head)
     return out
-
