@@ -36,12 +36,14 @@ from torch import nn
 from analysis.harness.peers import PyHessianHVPCounter, torch_eig_shim
 from analysis.harness.timing import median_time
 from analysis.harness.workloads import digits_all
-from curvature.dense import dense_hessian
-from curvature.density import spectral_density
-from curvature.eigen import eigenvalues
-from curvature.operators import HessianOperator
-from curvature.results import ConvergenceWarning
-from curvature.trace import trace
+from curvature import (
+    ConvergenceWarning,
+    HessianOperator,
+    dense_hessian,
+    eigenvalues,
+    spectral_density,
+    trace,
+)
 
 
 def digits_mlp(train_steps: int = 300, hidden: int = 32) -> tuple[nn.Module, tuple]:

@@ -16,7 +16,6 @@ from analysis.benchmark.truth import rel_err_vec
 from analysis.harness.peers import CurvatureTool, CurvlinopsTool, PyHessianTool
 from analysis.harness.timing import times
 from analysis.harness.workloads import Workload, seeded_vector
-from curvature import data as cdata
 from curvature import models
 
 
@@ -80,7 +79,7 @@ def hvp_correctness() -> pd.DataFrame:
     """
     torch.manual_seed(0)
     model = models.vit(image_size=8, patch_size=4, dim=8, depth=1, heads=2).double().eval()
-    ds = cdata.load_dataset({"name": "synthetic-image", "n_train": 8, "n_test": 1, "size": 8})
+    ds = cv.load_dataset({"name": "synthetic-image", "n_train": 8, "n_test": 1, "size": 8})
     batches = ds.to(dtype=torch.float64).train_batches(8)
     w = Workload("vit8-check", "ViT dim 8 (float64)", model, batches)
     fd = cv.HessianOperator(model, w.loss, batches, method="fd-central")

@@ -25,6 +25,8 @@ from analysis.harness.workloads import Workload, seeded_vector
 
 
 def gradient_job(w: Workload) -> Callable[[], tuple[None, int]]:
+    """One full-dataset gradient by plain ``loss.backward`` (batch-size weighted), the
+    cost unit of every ratio; as a job for :func:`interleaved` (no products)."""
     def run() -> tuple[None, int]:
         w.model.zero_grad(set_to_none=True)
         n = w.n_data
@@ -37,6 +39,8 @@ def gradient_job(w: Workload) -> Callable[[], tuple[None, int]]:
 
 
 def _row(w: Workload, task: str, tool: str, run: Run, grad_s: float, **extra: Any) -> dict:
+    """The ``results.csv`` row of one (task, tool): median/min/max seconds, seconds in
+    gradients, products, peak memory and status; ``extra`` overrides columns."""
     t = statistics.median(run.seconds) if run.seconds else math.nan
     row = {
         "workload": w.name, "sweep": w.sweep, "n_params": w.n_params, "n_data": w.n_data,

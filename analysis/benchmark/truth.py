@@ -20,7 +20,6 @@ from torch import Tensor
 import curvature as cv
 from analysis.benchmark.config import DENSE_LIMIT, Config
 from analysis.harness.workloads import Workload
-from curvature.trace import trace as cv_trace
 
 
 @dataclass
@@ -50,7 +49,7 @@ def ground_truth(w: Workload, cfg: Config, k: int) -> Truth:
     rng = np.random.default_rng(12345)
     vals = eigsh(op.to_scipy(), k=k, which="LA", tol=1e-6, v0=rng.standard_normal(w.n_params),
                  return_eigenvectors=False)
-    tr = cv_trace(op, method="hutch++", num_matvecs=cfg.trace_reference_matvecs, seed=12345)
+    tr = cv.trace(op, method="hutch++", num_matvecs=cfg.trace_reference_matvecs, seed=12345)
     # Var[z^T H z] estimated from plain Hutchinson samples on fresh probes.
     z = torch.randint(0, 2, (w.n_params, 48), generator=torch.Generator().manual_seed(7))
     z = (2 * z - 1).float()

@@ -9,7 +9,6 @@ import torch
 
 import curvature as cv
 from analysis.estimates_vs_truth.config import OPTIMIZERS, Workload
-from curvature.monitor import CurvatureMonitor
 
 
 def run_one(w: Workload, opt_name: str, *, seed: int, quick: bool, progress: bool) -> pd.DataFrame:
@@ -21,7 +20,7 @@ def run_one(w: Workload, opt_name: str, *, seed: int, quick: bool, progress: boo
     factory, create_graph = OPTIMIZERS[opt_name]
     opt = factory(model)
     probe = (data.x_train[: w.probe_examples], data.y_train[: w.probe_examples])
-    mon = CurvatureMonitor(
+    mon = cv.CurvatureMonitor(
         model, loss_fn, probe, optimizer=opt, every=w.every, tol=1e-4, trace_matvecs=60,
         exact_diag_max_params=4096, diag_probes=64 if quick else 256, seed=seed,
         progress=progress, vector_truth_full=False,

@@ -24,9 +24,6 @@ from torch import Tensor
 import curvature as cv
 from analysis.harness.timing import Scaled
 from analysis.harness.workloads import Workload
-from curvature.density import spectral_density
-from curvature.eigen import eigenvalues
-from curvature.trace import trace as cv_trace
 
 __all__ = ["Sizes", "Counter", "CurvatureTool", "PyHessianTool", "CurvlinopsTool",
            "torch_eig_shim", "PyHessianHVPCounter"]
@@ -50,6 +47,8 @@ class Counter:
 
 
 class CurvatureTool:
+    """curvature itself: ``HessianOperator`` with its defaults, Lanczos, Hutch++ and SLQ."""
+
     name = "curvature"
 
     def __init__(self, w: Workload) -> None:
@@ -64,24 +63,24 @@ class CurvatureTool:
 
     def lambda_max(self, cfg: Sizes, seed: int) -> tuple[np.ndarray, int]:
         op = self.operator()
-        r = eigenvalues(op, 1, tol=cfg.tol, seed=seed)
+        r = cv.eigenvalues(op, 1, tol=cfg.tol, seed=seed)
         return r.values.numpy(), op.num_matvecs
 
     def top(self, cfg: Sizes, seed: int) -> tuple[np.ndarray, int]:
         op = self.operator()
-        r = eigenvalues(op, cfg.top_k, tol=cfg.tol, seed=seed)
+        r = cv.eigenvalues(op, cfg.top_k, tol=cfg.tol, seed=seed)
         return r.values.numpy(), op.num_matvecs
 
     def trace(self, m: int, seed: int) -> tuple[float, float, int]:
         op = self.operator()
-        r = cv_trace(op, method="hutch++", num_matvecs=m, seed=seed)
+        r = cv.trace(op, method="hutch++", num_matvecs=m, seed=seed)
         return r.estimate, r.stderr, op.num_matvecs
 
     def density(self, cfg: Sizes, seed: int, probes: int) -> Scaled:
         """``probes`` of the ``cfg.probes`` probes, advanced together; time and HVPs scaled
         to all of them (conservative: a bigger block would batch better)."""
         op = self.operator()
-        d = spectral_density(op, num_steps=cfg.steps, num_probes=probes, seed=seed)
+        d = cv.spectral_density(op, num_steps=cfg.steps, num_probes=probes, seed=seed)
         weights = d.weights.reshape(-1).numpy() / probes
         return Scaled((d.nodes.reshape(-1).numpy(), weights), op.num_matvecs * cfg.probes / probes,
                       0.0, cfg.probes / probes)

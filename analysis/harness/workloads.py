@@ -9,7 +9,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
-from curvature import data as cdata
+import curvature as cv
 from curvature import models
 
 __all__ = ["Workload", "train_briefly", "mlp_digits", "resnet20_cifar", "vit_cifar",
@@ -61,7 +61,7 @@ def mlp_digits(hidden: int, n_train: int | None, train_steps: int, batch: int = 
                sweep: str = "") -> Workload:
     """Tanh MLP 64-``hidden``-10 on the digits training split (``n_train`` examples)."""
     torch.manual_seed(0)
-    ds = cdata.load_dataset({"name": "digits", "n_train": n_train})
+    ds = cv.load_dataset({"name": "digits", "n_train": n_train})
     model = models.mlp(64, (hidden,), 10, "tanh")
     batches = ds.train_batches(batch)
     train_briefly(model, batches, train_steps, 1e-2)
@@ -73,7 +73,7 @@ def mlp_digits(hidden: int, n_train: int | None, train_steps: int, batch: int = 
 def resnet20_cifar(width: int, n_train: int, train_steps: int, batch: int) -> Workload:
     """ResNet-20 of ``width`` (BatchNorm in eval mode) on synthetic 3x32x32 images."""
     torch.manual_seed(0)
-    ds = cdata.load_dataset({"name": "synthetic-image", "n_train": n_train, "n_test": 1})
+    ds = cv.load_dataset({"name": "synthetic-image", "n_train": n_train, "n_test": 1})
     model = models.resnet20(width=width)
     batches = ds.train_batches(batch)
     train_briefly(model, batches, train_steps, 1e-2)
@@ -86,7 +86,7 @@ def vit_cifar(dim: int, n_train: int, train_steps: int, batch: int, image: int =
               patch: int = 8, depth: int = 2, heads: int = 4) -> Workload:
     """A small ViT on synthetic ``3 x image x image`` images."""
     torch.manual_seed(0)
-    ds = cdata.load_dataset({"name": "synthetic-image", "n_train": n_train, "n_test": 1,
+    ds = cv.load_dataset({"name": "synthetic-image", "n_train": n_train, "n_test": 1,
                              "size": image})
     model = models.vit(image_size=image, patch_size=patch, dim=dim, depth=depth, heads=heads)
     batches = ds.train_batches(batch)
