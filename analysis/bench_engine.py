@@ -6,13 +6,14 @@ Prints medians over repeats and ratios taken in this one process: the gradient,
 one HVP for each method of :class:`curvature.HessianOperator` (and the GGN), the
 per-vector cost of exact ``matmat`` with k = 1, 4, 16, and the same single HVP
 through curvlinops and PyHessian (their adapters in :mod:`analysis.harness.peers`) when
-they are installed. Prints only; no report folder.
+they are installed. Prints the tables and writes them to ``reports/bench-engine/report.md`` (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import curvature as cv
+from analysis.harness.cli import REPO
 from analysis.harness.peers import CurvlinopsTool, PyHessianTool
+from analysis.harness.report import printed_report
 from analysis.harness.timing import median_time as _median_and_value
 from analysis.harness.workloads import Workload, digits_batches
 
@@ -30,12 +33,20 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return _median_and_value(fn, repeats, warmup=True)[0]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(REPO / "reports" / "bench-engine"),
+                        help="report folder (default: reports/bench-engine)")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=15)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    with printed_report(Path(args.out), "Cost of one full-dataset HVP, in gradients"):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Print the gradient, HVP and matmat timings of the MLP ``args`` describe."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Linear(64, args.hidden), nn.Tanh(), nn.Linear(args.hidden, args.hidden), nn.Tanh(),

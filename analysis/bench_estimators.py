@@ -15,8 +15,8 @@ It prints, in one process:
    errors against the ground truth, HVP counts, median wall times and ratios.
 
 PyHessian 0.1's ``density`` calls ``torch.eig``, which PyTorch removed; it is shimmed
-for those calls only (:func:`analysis.harness.peers.torch_eig_shim`). Prints only; no
-report folder.
+for those calls only (:func:`analysis.harness.peers.torch_eig_shim`). The printed tables
+are also written to ``reports/bench-estimators/report.md`` (``--out``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import copy
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,7 +34,9 @@ import torch.nn.functional as F
 from scipy.stats import wasserstein_distance
 from torch import nn
 
+from analysis.harness.cli import REPO
 from analysis.harness.peers import PyHessianHVPCounter, torch_eig_shim
+from analysis.harness.report import printed_report
 from analysis.harness.timing import median_time
 from analysis.harness.workloads import digits_all
 from curvature import (
@@ -242,7 +245,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats (median)")
     parser.add_argument("--budget", type=int, default=4000, help="max HVPs per trajectory")
     parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument("--out", default=str(REPO / "reports" / "bench-estimators"),
+                        help="report folder (default: reports/bench-estimators)")
     args = parser.parse_args(argv)
+    with printed_report(Path(args.out), "Estimators against dense ground truth and PyHessian"):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Print both sections for the digits MLP ``args`` describe."""
 
     model, data = digits_mlp(args.train_steps)
     n = sum(p.numel() for p in model.parameters())

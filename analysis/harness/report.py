@@ -3,11 +3,14 @@ inventory and the footer that says how to regenerate a report."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from analysis.harness.cli import command_line
 from analysis.harness.timing import Timer
 
 __all__ = ["markdown_table", "write_atomic", "png_sizes", "finish_report", "write_run_meta",
-           "read_run_meta"]
+           "read_run_meta", "printed_report"]
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4g}", *,
@@ -104,3 +107,34 @@ def read_run_meta(out: Path) -> dict[str, Any]:
     """``out/run_meta.json`` as written by :func:`write_run_meta` (``{}`` when absent)."""
     path = Path(out) / "run_meta.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+class _Tee(io.TextIOBase):
+    """A text stream that writes to several streams."""
+
+    def __init__(self, *streams: io.TextIOBase) -> None:
+        self.streams = streams
+
+    def write(self, s: str) -> int:
+        for stream in self.streams:
+            stream.write(s)
+        return len(s)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+@contextlib.contextmanager
+def printed_report(out: Path | None, title: str) -> Iterator[None]:
+    """Print as usual inside the block; on leaving it, also write what was printed to
+    ``out/report.md`` (a code block under ``# title``, with the regenerate footer).
+    ``out=None`` prints only."""
+    timer = Timer()
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, buf)):
+        yield
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        finish_report(Path(out), f"# {title}\n\n```\n{buf.getvalue().rstrip()}\n```", timer,
+                      quick=False)
