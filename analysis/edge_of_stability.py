@@ -51,7 +51,7 @@ from analysis.harness.report import (
     read_run_meta,
     write_run_meta,
 )
-from analysis.harness.stats import fmt_pm, mean_ci
+from analysis.harness.stats import fmt_pm, mean_ci, verdict
 from analysis.harness.timing import Timer
 from curvature import plots
 from curvature.optim import SAM
@@ -447,7 +447,7 @@ def verdicts(agg: pd.DataFrame, per_run: pd.DataFrame) -> str:
         r = gd.ratio_to_threshold_mean.to_numpy()
         ok = np.abs(r - 1) <= 0.15
         md.append(
-            f"- **GD at the edge of stability: {'held' if ok.all() else 'held only partly' if ok.any() else 'did not hold'}.** "
+            f"- **GD at the edge of stability: {verdict(ok.all(), ok.any())}.** "
             f"Settled lambda_max / (2/eta) = "
             + ", ".join(f"{x:.3g} (eta={e:g})" for x, e in zip(r, gd.eta))
             + " (within 15% counts as at the edge); every GD run started below its edge "
@@ -464,7 +464,7 @@ def verdicts(agg: pd.DataFrame, per_run: pd.DataFrame) -> str:
             "(settled lambda_max / (2/eta) = "
             + ", ".join(f"{x:.3g} (rho={p:g})" for x, p in zip(sam.ratio_to_2_over_eta_mean, sam.rho))
             + f"). **SAM settles at the Long-Bartlett SAM-edge: "
-            f"{'held' if ok.all() else 'held only partly' if ok.any() else 'did not hold'}** "
+            f"{verdict(ok.all(), ok.any())}** "
             "(settled / predicted = "
             + ", ".join(f"{x:.3g}" for x in r) + "; within 20% counts). The threshold "
             "moves with the gradient norm; early in training, while ||g|| is large, it is "
@@ -476,7 +476,7 @@ def verdicts(agg: pd.DataFrame, per_run: pd.DataFrame) -> str:
         ok = np.abs(r - 1) <= 0.2
         md.append(
             f"- **Unnormalised SAM settles at eta (lambda + rho lambda^2) = 2: "
-            f"{'held' if ok.all() else 'held only partly' if ok.any() else 'did not hold'}** "
+            f"{verdict(ok.all(), ok.any())}** "
             "(settled / predicted = "
             + ", ".join(f"{x:.3g} (rho={p:g})" for x, p in zip(r, us.rho)) + ").")
     r_all = agg.ratio_to_threshold_mean.to_numpy(dtype=float)

@@ -33,7 +33,7 @@ from analysis.harness.report import (
     read_run_meta,
     write_run_meta,
 )
-from analysis.harness.stats import fmt_pm, mean_ci
+from analysis.harness.stats import fmt_pm, mean_ci, verdict
 from analysis.harness.timing import Timer
 from curvature import plots
 from curvature.train import train
@@ -353,7 +353,7 @@ def verdicts(sens: pd.DataFrame, cells: pd.DataFrame, df: pd.DataFrame | None = 
             held &= r._4 == r.cells_compared
         some = any(r._4 > 0 for r in cells[cells.metric != "test_accuracy"].itertuples())
         md.append(f"- **SA-SAM reaches lower curvature regardless of the hyperparameters: "
-                  f"{'held' if held else 'held only partly' if some else 'did not hold'}.** "
+                  f"{verdict(held, some)}.** "
                   + "; ".join(parts) + ".")
         if df is not None and "SA-SAM" in set(df.optimizer):
             sa = df[(df.optimizer == "SA-SAM") & (df.status == "ok")]

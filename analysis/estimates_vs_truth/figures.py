@@ -11,6 +11,14 @@ import pandas as pd
 
 from analysis.estimates_vs_truth.config import DPI, SAM_FAMILY, Workload
 
+
+def _save(fig: plt.Figure, out: Path, name: str) -> str:
+    """Write ``fig`` to ``out/name`` and close it; returns ``name``."""
+    fig.savefig(out / name, dpi=DPI)
+    plt.close(fig)
+    return name
+
+
 COLORS = {"estimate": "C0", "batch": "C3", "full": "C2", "lmax": "0.45"}
 
 
@@ -42,9 +50,7 @@ def fig_scalars(hist: pd.DataFrame, wl: Workload, out: Path) -> str:
     fig.suptitle(f"Scalar curvature estimates vs exact values -- {wl.label}", fontsize=11)
     fig.tight_layout()
     name = f"{wl.name}_scalar_estimates.png"
-    fig.savefig(out / name, dpi=DPI)
-    plt.close(fig)
-    return name
+    return _save(fig, out, name)
 
 
 def fig_vectors(hist: pd.DataFrame, noise: pd.DataFrame, wl: Workload, out: Path) -> str:
@@ -79,9 +85,7 @@ def fig_vectors(hist: pd.DataFrame, noise: pd.DataFrame, wl: Workload, out: Path
                  fontsize=11)
     fig.tight_layout(rect=(0, 0.17, 1, 1))
     name = f"{wl.name}_vector_estimates.png"
-    fig.savefig(out / name, dpi=DPI)
-    plt.close(fig)
-    return name
+    return _save(fig, out, name)
 
 
 def fig_bias(hist: pd.DataFrame, wls: list[Workload], out: Path) -> str:
@@ -109,9 +113,7 @@ def fig_bias(hist: pd.DataFrame, wls: list[Workload], out: Path) -> str:
                  fontsize=11)
     fig.tight_layout()
     name = "lambda_max_bias_vs_alignment.png"
-    fig.savefig(out / name, dpi=DPI)
-    plt.close(fig)
-    return name
+    return _save(fig, out, name)
 
 
 def fig_corrected(hist: pd.DataFrame, wls: list[Workload], out: Path) -> str:
@@ -136,9 +138,7 @@ def fig_corrected(hist: pd.DataFrame, wls: list[Workload], out: Path) -> str:
     fig.suptitle("Corrected lambda_max estimator on the SAM trajectory", fontsize=11)
     fig.tight_layout()
     name = "corrected_lambda_max.png"
-    fig.savefig(out / name, dpi=DPI)
-    plt.close(fig)
-    return name
+    return _save(fig, out, name)
 
 
 def fig_full(hist: pd.DataFrame, wls: list[Workload], out: Path) -> str:
@@ -163,7 +163,5 @@ def fig_full(hist: pd.DataFrame, wls: list[Workload], out: Path) -> str:
                  fontsize=11)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     name = "full_curvature.png"
-    fig.savefig(out / name, dpi=DPI)
-    plt.close(fig)
-    return name
+    return _save(fig, out, name)
 

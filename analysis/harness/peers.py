@@ -13,7 +13,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,7 +25,7 @@ import curvature as cv
 from analysis.harness.timing import Scaled
 from analysis.harness.workloads import Workload
 
-__all__ = ["Sizes", "Counter", "CurvatureTool", "PyHessianTool", "CurvlinopsTool",
+__all__ = ["Sizes", "Counter", "count_products", "CurvatureTool", "PyHessianTool", "CurvlinopsTool",
            "torch_eig_shim", "PyHessianHVPCounter"]
 
 
@@ -44,6 +44,20 @@ class Counter:
 
     def __init__(self) -> None:
         self.n = 0
+
+
+def count_products(obj: Any, method: str, width: Callable[[Any], int] = lambda arg: 1) -> Counter:
+    """Wrap ``obj.method`` (an instance attribute) so each call adds ``width(argument)``
+    products to the returned :class:`Counter`."""
+    count = Counter()
+    inner = getattr(obj, method)
+
+    def counted(arg):
+        count.n += width(arg)
+        return inner(arg)
+
+    setattr(obj, method, counted)
+    return count
 
 
 class CurvatureTool:
@@ -152,15 +166,7 @@ class PyHessianTool:
 
     def operator(self) -> tuple[Any, Counter]:
         ph = self._cls(self.w.model, self.w.loss, dataloader=self.w.batches, cuda=False)
-        count = Counter()
-        inner = ph.dataloader_hv_product
-
-        def counted(v):
-            count.n += 1
-            return inner(v)
-
-        ph.dataloader_hv_product = counted
-        return ph, count
+        return ph, count_products(ph, "dataloader_hv_product")
 
     def _split(self, v: Tensor) -> list[Tensor]:
         ps = self.w.params
@@ -220,15 +226,7 @@ class CurvlinopsTool:
             self.w.model, self.w.loss, self.w.params, self.w.batches,
             check_deterministic=False, num_data=self.w.n_data,
         )
-        count = Counter()
-        inner = H._matmat
-
-        def counted(M):
-            count.n += int(M[0].shape[-1])
-            return inner(M)
-
-        H._matmat = counted
-        return H, count
+        return H, count_products(H, "_matmat", lambda M: int(M[0].shape[-1]))
 
     def hvp(self, v: Tensor, op: Any = None) -> tuple[Tensor, int]:
         H, _ = self.operator() if op is None else op

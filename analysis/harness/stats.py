@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["mean_ci", "fmt_pm"]
+__all__ = ["mean_ci", "fmt_pm", "verdict"]
 
 
 def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95) -> dict[str, float]:
@@ -32,3 +32,9 @@ def fmt_pm(mean: float, spread: float, digits: int = 3) -> str:
     if not math.isfinite(spread):
         return f"{mean:.{digits}g}"
     return f"{mean:.{digits}g} ± {spread:.2g}"
+
+
+def verdict(held: bool, partly: bool) -> str:
+    """The word for a claim's outcome: ``"held"`` when ``held``, else ``"held only partly"``
+    when ``partly``, else ``"did not hold"``."""
+    return "held" if held else "held only partly" if partly else "did not hold"

@@ -11,7 +11,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.harness.report import markdown_table
-from analysis.harness.stats import mean_ci
+from analysis.harness.stats import mean_ci, verdict
 from analysis.minima.config import BASELINES, METRICS, SAM_FAMILY
 
 
@@ -109,11 +109,10 @@ def claims(df: pd.DataFrame, summary: pd.DataFrame,
                        f"lambda_max(test) ratio range {f.lambda_max_test_ratio.min():.2g}-"
                        f"{f.lambda_max_test_ratio.max():.2g}.")
         md.append("\nPer method (over baselines x workloads):\n\n" + "\n".join(per) + "\n")
-        verdict = ("held" if flat_l > n / 2 and flat_t > n / 2 else
-                   "held only partly" if flat_l + flat_t > 0 else "did not hold")
-        md.append(f"\n**Verdict: {verdict}** (see the per-workload tables above; a ratio "
+        v1 = verdict(flat_l > n / 2 and flat_t > n / 2, flat_l + flat_t > 0)
+        md.append(f"\n**Verdict: {v1}** (see the per-workload tables above; a ratio "
                   "below 1 with p < 0.05 supports the claim).\n")
-        verdicts.append(f"Claim 1 (SAM family flatter than SGD/momentum/Adam): **{verdict}** -- "
+        verdicts.append(f"Claim 1 (SAM family flatter than SGD/momentum/Adam): **{v1}** -- "
                         f"lambda_max(test) significantly smaller in {flat_l}/{n} comparisons, "
                         f"Tr(H_test) in {flat_t}/{n}; see the per-method lines.")
 
@@ -150,7 +149,7 @@ def claims(df: pd.DataFrame, summary: pd.DataFrame,
         held += (ranks["lambda_max_test_mean"] == 1 and ranks["trace_test_mean"] == 1
                  and trained)
     md.append("\n".join(lines) + "\n")
-    v2 = 'held' if counted and held == counted else 'held only partly' if held else 'did not hold'
+    v2 = verdict(bool(counted) and held == counted, bool(held))
     md.append(f"\n**Verdict: {v2}** (SA-SAM flattest on both measures at a trained minimum "
               f"in {held}/{counted} workloads).\n")
     verdicts.append(f"Claim 2 (SA-SAM flattest): **{v2}** -- flattest on both measures at a "
@@ -183,15 +182,14 @@ def claims(df: pd.DataFrame, summary: pd.DataFrame,
         md.append(markdown_table(corr, "{:.3g}") + "\n")
         neg = int(((corr["spearman (runs)"] < 0) & (corr["p (runs)"] < 0.05)).sum())
         pos = int(((corr["spearman (runs)"] > 0) & (corr["p (runs)"] < 0.05)).sum())
-        verdict = ("held" if neg >= 2 * len(corr) / 3 and pos == 0 else
-                   "did not hold" if neg <= pos else "held only partly")
+        v3 = verdict(neg >= 2 * len(corr) / 3 and pos == 0, neg > pos)
         neg_ex = int(((corr["spearman (runs, no SA-*)"] < 0) & (corr["p (no SA-*)"] < 0.05)).sum())
         md.append(f"\nSignificantly negative (flatter = better) in {neg}/{len(corr)} "
                   f"(workload, measure) pairs, significantly positive in {pos}/{len(corr)}; "
                   f"without the smoothness-adaptive runs (SA-SGD, SA-SAM, whose flat points "
                   f"are not well-trained minima, see below) significantly negative in "
-                  f"{neg_ex}/{len(corr)}. **Verdict: {verdict}** (all runs).\n")
-        verdicts.append(f"Claim 3 (flatter generalises better): **{verdict}** -- significantly "
+                  f"{neg_ex}/{len(corr)}. **Verdict: {v3}** (all runs).\n")
+        verdicts.append(f"Claim 3 (flatter generalises better): **{v3}** -- significantly "
                         f"negative sharpness/accuracy rank correlation in {neg}/{len(corr)} "
                         f"(workload, measure) pairs, significantly positive in {pos}/{len(corr)}.")
     # Confound: with cross-entropy, curvature on the training data shrinks with the loss
