@@ -26,43 +26,35 @@ eigenvector with eigenvalue ``lambda``, gradient ``g = H w``):
 
 Writes ``reports/edge-of-stability/``.
 
-    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python analysis/edge_of_stability.py
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python -m analysis.edge_of_stability
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-import curvature as cv  # noqa: E402
-from analysis._common import (  # noqa: E402
-    Timer,
-    base_parser,
-    command_line,
+import curvature as cv
+from analysis.harness.cli import base_parser
+from analysis.harness.report import (
     finish_report,
-    fmt_pm,
     markdown_table,
-    mean_ci,
     png_sizes,
+    read_run_meta,
+    write_run_meta,
 )
-from curvature import plots  # noqa: E402
-from curvature.optim import SAM  # noqa: E402
+from analysis.harness.stats import fmt_pm, mean_ci, verdict
+from analysis.harness.timing import Timer
+from curvature import plots
+from curvature.optim import SAM
 
 DPI = 130
 
@@ -333,9 +325,8 @@ def fig_summary(agg: pd.DataFrame, out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser(__doc__.split("\n")[0], "reports/edge-of-stability")
-    p.add_argument("--report-only", action="store_true",
-                   help="rebuild statistics, figures and report.md from trajectories.csv")
+    p = base_parser(__doc__.split("\n")[0], "reports/edge-of-stability",
+                    report_only="rebuild statistics, figures and report.md from trajectories.csv")
     args = p.parse_args(argv)
     s = QUICK if args.quick else Settings()
     if args.seeds:
@@ -359,8 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             pd.concat(frames).to_csv(out / "trajectories.csv", index=False)
     pd.concat(frames, ignore_index=True).to_csv(out / "trajectories.csv", index=False)
-    (out / "run_meta.json").write_text(json.dumps(
-        {"command": command_line(), "runtime_s": timer.elapsed}, indent=1))
+    write_run_meta(out, timer)
     return rebuild(out, s, args.quick)
 
 
@@ -373,8 +363,7 @@ def rebuild(out: Path, s: Settings, quick: bool) -> int:
     agg = aggregate(per_run)
     agg.to_csv(out / "settled_summary.csv", index=False)
     figs = [fig_gd(df, out), fig_sam(df, out), fig_summary(agg, out)]
-    meta_path = out / "run_meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_run_meta(out)
     write_report(out, s, agg, per_run, figs, timer, quick, meta)
     print(f"wrote {out / 'report.md'}; PNG sizes {png_sizes(out)}")
     return 0
@@ -458,7 +447,7 @@ def verdicts(agg: pd.DataFrame, per_run: pd.DataFrame) -> str:
         r = gd.ratio_to_threshold_mean.to_numpy()
         ok = np.abs(r - 1) <= 0.15
         md.append(
-            f"- **GD at the edge of stability: {'held' if ok.all() else 'held only partly' if ok.any() else 'did not hold'}.** "
+            f"- **GD at the edge of stability: {verdict(ok.all(), ok.any())}.** "
             f"Settled lambda_max / (2/eta) = "
             + ", ".join(f"{x:.3g} (eta={e:g})" for x, e in zip(r, gd.eta))
             + " (within 15% counts as at the edge); every GD run started below its edge "
@@ -475,7 +464,7 @@ def verdicts(agg: pd.DataFrame, per_run: pd.DataFrame) -> str:
             "(settled lambda_max / (2/eta) = "
             + ", ".join(f"{x:.3g} (rho={p:g})" for x, p in zip(sam.ratio_to_2_over_eta_mean, sam.rho))
             + f"). **SAM settles at the Long-Bartlett SAM-edge: "
-            f"{'held' if ok.all() else 'held only partly' if ok.any() else 'did not hold'}** "
+            f"{verdict(ok.all(), ok.any())}** "
             "(settled / predicted = "
             + ", ".join(f"{x:.3g}" for x in r) + "; within 20% counts). The threshold "
             "moves with the gradient norm; early in training, while ||g|| is large, it is "
@@ -487,7 +476,7 @@ def verdicts(agg: pd.DataFrame, per_run: pd.DataFrame) -> str:
         ok = np.abs(r - 1) <= 0.2
         md.append(
             f"- **Unnormalised SAM settles at eta (lambda + rho lambda^2) = 2: "
-            f"{'held' if ok.all() else 'held only partly' if ok.any() else 'did not hold'}** "
+            f"{verdict(ok.all(), ok.any())}** "
             "(settled / predicted = "
             + ", ".join(f"{x:.3g} (rho={p:g})" for x, p in zip(r, us.rho)) + ").")
     r_all = agg.ratio_to_threshold_mean.to_numpy(dtype=float)

@@ -8,43 +8,35 @@ with ``curvature``: every cell is trained for each seed, and its final weights a
 measured on test data (Lanczos lambda_max, Hutch++ trace). Writes
 ``reports/lr-wd-heatmap/``.
 
-    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python analysis/lr_wd_heatmap.py
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python -m analysis.lr_wd_heatmap
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-import curvature as cv  # noqa: E402
-from analysis._common import (  # noqa: E402
-    Timer,
-    base_parser,
-    command_line,
-    curvature_metrics,
+import curvature as cv
+from analysis.harness.cli import base_parser
+from analysis.harness.measures import curvature_metrics
+from analysis.harness.report import (
     finish_report,
-    fmt_pm,
     markdown_table,
-    mean_ci,
     png_sizes,
+    read_run_meta,
+    write_run_meta,
 )
-from curvature import plots  # noqa: E402
-from curvature.train import train  # noqa: E402
+from analysis.harness.stats import fmt_pm, mean_ci, verdict
+from analysis.harness.timing import Timer
+from curvature import plots
+from curvature.train import train
 
 DPI = 130
 OPTIMIZERS = {"SGD": ("sgd", {}), "SAM": ("sam", {"rho": 0.05}), "SA-SAM": ("sa-sam", {})}
@@ -228,9 +220,8 @@ def cellwise(df: pd.DataFrame, s: Settings) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser(__doc__.split("\n")[0], "reports/lr-wd-heatmap")
-    p.add_argument("--report-only", action="store_true",
-                   help="rebuild tables, figures and report.md from runs.csv in --out")
+    p = base_parser(__doc__.split("\n")[0], "reports/lr-wd-heatmap",
+                    report_only="rebuild tables, figures and report.md from runs.csv in --out")
     args = p.parse_args(argv)
     s = QUICK if args.quick else Settings()
     if args.seeds:
@@ -254,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"lam={row.get('lambda_max_test', math.nan):.4g}", flush=True)
                     pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
     pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
-    (out / "run_meta.json").write_text(json.dumps(
-        {"command": command_line(), "runtime_s": timer.elapsed}, indent=1))
+    write_run_meta(out, timer)
     return rebuild(out, s, args.quick)
 
 
@@ -271,8 +261,7 @@ def rebuild(out: Path, s: Settings, quick: bool) -> int:
     cells = cellwise(df, s)
     cells.to_csv(out / "cellwise.csv", index=False)
     figs = [fig_heatmaps(df, s, out), fig_lr_curves(df, s, out)]
-    meta_path = out / "run_meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_run_meta(out)
     write_report(out, s, df, sens, cells, figs, timer, quick, meta)
     print(f"wrote {out / 'report.md'} in {timer.elapsed:.0f} s; PNG sizes {png_sizes(out)}")
     return 0
@@ -364,7 +353,7 @@ def verdicts(sens: pd.DataFrame, cells: pd.DataFrame, df: pd.DataFrame | None = 
             held &= r._4 == r.cells_compared
         some = any(r._4 > 0 for r in cells[cells.metric != "test_accuracy"].itertuples())
         md.append(f"- **SA-SAM reaches lower curvature regardless of the hyperparameters: "
-                  f"{'held' if held else 'held only partly' if some else 'did not hold'}.** "
+                  f"{verdict(held, some)}.** "
                   + "; ".join(parts) + ".")
         if df is not None and "SA-SAM" in set(df.optimizer):
             sa = df[(df.optimizer == "SA-SAM") & (df.status == "ok")]

@@ -15,25 +15,24 @@ import pandas as pd
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from analysis._common import mean_ci  # noqa: E402
-from analysis.edge_of_stability import (  # noqa: E402
+from analysis.edge_of_stability import (
     sam_threshold,
     usam_step,
     usam_threshold,
 )
+from analysis.harness.stats import mean_ci
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-def _run_quick(script: str, out: Path) -> str:
+def _run_quick(module: str, out: Path) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE",
            "MPLBACKEND": "Agg"}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "analysis" / script), "--quick", "--out", str(out)],
+        [sys.executable, "-m", f"analysis.{module}", "--quick", "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
     )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
 
@@ -57,7 +56,7 @@ def _finite(df: pd.DataFrame, cols: list[str]) -> None:
 
 def test_minima_quick(tmp_path):
     out = tmp_path / "minima"
-    _run_quick("minima.py", out)
+    _run_quick("minima", out)
     _check_report(out, ["digits-mlp_metrics.png", "digits-mlp_accuracy_vs_sharpness.png",
                         "digits-mlp_density.png", "digits-mlp_landscape_1d.png",
                         "digits-mlp_landscape_2d.png"])
@@ -78,7 +77,7 @@ def test_minima_quick(tmp_path):
 
 def test_lr_wd_heatmap_quick(tmp_path):
     out = tmp_path / "heat"
-    _run_quick("lr_wd_heatmap.py", out)
+    _run_quick("lr_wd_heatmap", out)
     md = _check_report(out, ["heatmaps.png", "lr_sensitivity.png"])
     assert "## Verdicts" in md
     runs = pd.read_csv(out / "runs.csv")
@@ -89,7 +88,7 @@ def test_lr_wd_heatmap_quick(tmp_path):
 
 def test_edge_of_stability_quick(tmp_path):
     out = tmp_path / "eos"
-    _run_quick("edge_of_stability.py", out)
+    _run_quick("edge_of_stability", out)
     _check_report(out, ["gd_edge_of_stability.png", "sam_edge_of_stability.png",
                         "settled_vs_predicted.png"])
     traj = pd.read_csv(out / "trajectories.csv")

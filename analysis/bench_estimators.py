@@ -2,7 +2,7 @@
 
 Run (the thread settings matter on shared machines)::
 
-    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python -m benchmarks.bench_estimators
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python -m analysis.bench_estimators
 
 It prints, in one process:
 
@@ -14,40 +14,44 @@ It prints, in one process:
    density at their defaults) against our estimators on the same model and data, with
    errors against the ground truth, HVP counts, median wall times and ratios.
 
-PyHessian 0.1's ``density`` calls ``torch.eig``, which PyTorch removed in 1.9; it is
-shimmed here (benchmark only) with ``torch.linalg.eigh``.
+PyHessian 0.1's ``density`` calls ``torch.eig``, which PyTorch removed; it is shimmed
+for those calls only (:func:`analysis.harness.peers.torch_eig_shim`). The printed tables
+are also written to ``reports/bench-estimators/report.md`` (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import wasserstein_distance
-from sklearn.datasets import load_digits
 from torch import nn
 
-from curvature.dense import dense_hessian
-from curvature.density import spectral_density
-from curvature.eigen import eigenvalues
-from curvature.operators import HessianOperator
-from curvature.results import ConvergenceWarning
-from curvature.trace import trace
+from analysis.harness.cli import REPO
+from analysis.harness.peers import PyHessianHVPCounter, torch_eig_shim
+from analysis.harness.report import printed_report
+from analysis.harness.timing import median_time
+from analysis.harness.workloads import digits_all
+from curvature import (
+    ConvergenceWarning,
+    HessianOperator,
+    dense_hessian,
+    eigenvalues,
+    spectral_density,
+    trace,
+)
 
 
 def digits_mlp(train_steps: int = 300, hidden: int = 32) -> tuple[nn.Module, tuple]:
     """A 64-32-10 tanh MLP (2410 parameters) briefly trained on all 1797 digits."""
-    X, y = load_digits(return_X_y=True)
-    X = (X - X.mean(0)) / (X.std(0) + 1e-8)
-    x = torch.tensor(X, dtype=torch.float32)
-    t = torch.tensor(y)
+    x, t = digits_all()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 10))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -57,15 +61,6 @@ def digits_mlp(train_steps: int = 300, hidden: int = 32) -> tuple[nn.Module, tup
         opt.step()
     model.zero_grad(set_to_none=True)
     return model, (x, t)
-
-
-def median_time(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def first_within(trajectory: list[tuple[int, float]], truth: float, rtol: float) -> int | None:
@@ -78,39 +73,6 @@ def first_within(trajectory: list[tuple[int, float]], truth: float, rtol: float)
         else:
             hit = None
     return hit
-
-
-def _torch_eig_shim(A, eigenvectors=False):
-    vals, vecs = torch.linalg.eigh(A)
-    return torch.stack([vals, torch.zeros_like(vals)], 1), vecs
-
-
-class HVPCounter:
-    """Counts PyHessian's Hessian-vector products (single-batch and data-loader paths)."""
-
-    def __init__(self) -> None:
-        self.module = sys.modules["pyhessian.hessian"]
-        self.count = 0
-
-    def __enter__(self):
-        self.orig = self.module.hessian_vector_product
-        self.orig_loader = self.module.hessian.dataloader_hv_product
-
-        def hvp(*args, **kwargs):
-            self.count += 1
-            return self.orig(*args, **kwargs)
-
-        def loader(obj, v):
-            self.count += 1
-            return self.orig_loader(obj, v)
-
-        self.module.hessian_vector_product = hvp
-        self.module.hessian.dataloader_hv_product = loader
-        return self
-
-    def __exit__(self, *exc):
-        self.module.hessian_vector_product = self.orig
-        self.module.hessian.dataloader_hv_product = self.orig_loader
 
 
 def section_convergence(model, data, lam_max: float, repeats: int, budget: int) -> None:
@@ -160,7 +122,7 @@ def section_pyhessian(model, data, eigs: np.ndarray, repeats: int) -> None:
     def ph_run(call):
         def go():
             m = copy.deepcopy(model)
-            with HVPCounter() as counter:
+            with PyHessianHVPCounter() as counter:
                 h = pyhessian.hessian(m, crit, data=data, cuda=False)
                 out = call(h)
             return out, counter.count
@@ -234,15 +196,8 @@ def section_pyhessian(model, data, eigs: np.ndarray, repeats: int) -> None:
         rows.append(("trace", t_ph, n_ph, f"{err_ph:.1e}", t_us, n_us,
                      f"{err_us:.1e} (se {res.stderr / abs(tr_true):.1e})"))
         # --- density (PyHessian default: 100 Lanczos steps, 1 probe)
-        torch_eig = getattr(torch, "eig", None)
-        torch.eig = _torch_eig_shim  # PyHessian 0.1 calls the removed torch.eig
-        try:
+        with torch_eig_shim():  # PyHessian 0.1 calls the removed torch.eig
             t_ph, (out, n_ph) = median_time(ph_run(lambda h: h.density()), repeats)
-        finally:
-            if torch_eig is None:
-                del torch.eig
-            else:
-                torch.eig = torch_eig
         nodes_ph, w_ph = np.asarray(out[0]), np.asarray(out[1])
         w1_ph = wasserstein_distance(nodes_ph.ravel(), eigs, w_ph.ravel())
         t_us, (sd, n_us) = median_time(
@@ -253,14 +208,8 @@ def section_pyhessian(model, data, eigs: np.ndarray, repeats: int) -> None:
         ext_us = max(abs(sd.lambda_max - eigs[-1]) / abs(eigs[-1]), abs(sd.lambda_min - eigs[0]) / abs(eigs[0]))
         rows.append(("density 100x1", t_ph, n_ph, f"W1 {w1_ph:.2e} ext {ext_ph:.0e}",
                      t_us, n_us, f"W1 {w1_us:.2e} ext {ext_us:.0e}"))
-        torch.eig = _torch_eig_shim
-        try:
+        with torch_eig_shim():
             t_ph, (out, n_ph) = median_time(ph_run(lambda h: h.density(iter=80, n_v=10)), repeats)
-        finally:
-            if torch_eig is None:
-                del torch.eig
-            else:
-                torch.eig = torch_eig
         w1_ph = wasserstein_distance(np.ravel(out[0]), eigs, np.ravel(out[1]) / len(out[1]))
         t_d, (sd10, n_d) = median_time(
             ours(lambda op: spectral_density(op, num_steps=80, num_probes=10, seed=0)), repeats
@@ -296,7 +245,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats (median)")
     parser.add_argument("--budget", type=int, default=4000, help="max HVPs per trajectory")
     parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument("--out", default=str(REPO / "reports" / "bench-estimators"),
+                        help="report folder (default: reports/bench-estimators)")
     args = parser.parse_args(argv)
+    with printed_report(Path(args.out), "Estimators against dense ground truth and PyHessian"):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Print both sections for the digits MLP ``args`` describe."""
 
     model, data = digits_mlp(args.train_steps)
     n = sum(p.numel() for p in model.parameters())

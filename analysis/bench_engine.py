@@ -1,52 +1,52 @@
 """Cost of one full-dataset HVP, in units of one full-dataset gradient, measured side by side.
 
-Run: ``OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python -m benchmarks.bench_engine``
+Run: ``OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python -m analysis.bench_engine``
 
 Prints medians over repeats and ratios taken in this one process: the gradient,
 one HVP for each method of :class:`curvature.HessianOperator` (and the GGN), the
 per-vector cost of exact ``matmat`` with k = 1, 4, 16, and the same single HVP
-through curvlinops and PyHessian when they are installed.
+through curvlinops and PyHessian (their adapters in :mod:`analysis.harness.peers`) when
+they are installed. Prints the tables and writes them to ``reports/bench-engine/report.md`` (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 import curvature as cv
+from analysis.harness.cli import REPO
+from analysis.harness.peers import CurvlinopsTool, PyHessianTool
+from analysis.harness.report import printed_report
+from analysis.harness.timing import median_time as _median_and_value
+from analysis.harness.workloads import Workload, digits_batches
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of ``fn`` over ``repeats`` calls after one warm-up call."""
+    return _median_and_value(fn, repeats, warmup=True)[0]
 
 
-def digits_batches(batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    X, y = load_digits(return_X_y=True)
-    X = torch.tensor((X - X.mean(0)) / (X.std(0) + 1e-8), dtype=torch.float32)
-    y = torch.tensor(y)
-    return [(X[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(X), batch_size)]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(REPO / "reports" / "bench-engine"),
+                        help="report folder (default: reports/bench-engine)")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=15)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    with printed_report(Path(args.out), "Cost of one full-dataset HVP, in gradients"):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Print the gradient, HVP and matmat timings of the MLP ``args`` describe."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Linear(64, args.hidden), nn.Tanh(), nn.Linear(args.hidden, args.hidden), nn.Tanh(),
@@ -78,24 +78,16 @@ def main() -> None:
     for name, op in ops.items():
         rows.append((f"curvature {name} HVP", median_time(lambda op=op: op @ v, args.repeats)))
 
-    try:
-        from curvlinops import HessianLinearOperator
-
-        params = [p for p in model.parameters() if p.requires_grad]
-        H = HessianLinearOperator(model, F.cross_entropy, params, data)
-        vs = [t.detach().clone() for t in torch.split(v, [p.numel() for p in params])]
-        vs = [t.reshape(p.shape) for t, p in zip(vs, params)]
-        rows.append(("curvlinops HVP", median_time(lambda: H @ vs, args.repeats)))
-    except Exception as err:  # baseline unavailable: say so, never fake a number
-        print(f"curvlinops skipped: {err}")
-    try:
-        from pyhessian import hessian
-
-        ph = hessian(model, nn.CrossEntropyLoss(), dataloader=data, cuda=False)
-        vs = [t.reshape(p.shape) for t, p in zip(torch.split(v, [p.numel() for p in ph.params]), ph.params)]
-        rows.append(("PyHessian HVP", median_time(lambda: ph.dataloader_hv_product(vs), args.repeats)))
-    except Exception as err:
-        print(f"pyhessian skipped: {err}")
+    # The peers through their adapters, each on an operator built once (as above).
+    w = Workload("mlp-digits", "MLP on digits", model, data)
+    for label, cls in (("curvlinops HVP", CurvlinopsTool), ("PyHessian HVP", PyHessianTool)):
+        try:
+            tool = cls(w)
+            op = tool.operator()
+            rows.append((label, median_time(lambda tool=tool, op=op: tool.hvp(v, op),
+                                            args.repeats)))
+        except Exception as err:  # baseline unavailable: say so, never fake a number
+            print(f"{cls.name} skipped: {err}")
 
     print(f"\n{'task':34s} {'median ms':>10s} {'/ gradient':>11s}")
     print(f"{'full-dataset gradient':34s} {1e3 * t_grad:10.2f} {1.0:11.2f}")
