@@ -221,15 +221,11 @@ class NextToken(nn.Module):
         return self.hf(input_ids=x.long()).logits[:, -1]
 
 
-class Logits(nn.Module):
-    """A HuggingFace classifier's ModelOutput reduced to its logits."""
-
-    def __init__(self, hf):
-        super().__init__()
-        self.hf = hf
+class ViTLogits(ViTForImageClassification):
+    """ViT returning its logits; a subclass keeps the state-dict keys of the HF model."""
 
     def forward(self, x):
-        return self.hf(pixel_values=x).logits
+        return super().forward(pixel_values=x).logits
 
 
 def gpt2(vocab: int = 8) -> nn.Module:
@@ -239,10 +235,10 @@ def gpt2(vocab: int = 8) -> nn.Module:
 
 
 def vit(classes: int = 3) -> nn.Module:
-    return Logits(ViTForImageClassification(ViTConfig(
+    return ViTLogits(ViTConfig(
         image_size=4, patch_size=2, num_channels=1, hidden_size=4, num_hidden_layers=1,
         num_attention_heads=2, intermediate_size=8, num_labels=classes,
-        attn_implementation="eager")))
+        attn_implementation="eager"))
 '''
 
 def load_factories(folder: Path):
@@ -313,10 +309,13 @@ def test_gpt2_through_the_cli_with_a_factory_in_the_current_directory(
 
 def test_vit_through_the_cli_with_a_safetensors_state_dict(factory_dir, monkeypatch, capsys):
     from safetensors.torch import save_file
+    from transformers import ViTForImageClassification
 
     torch.manual_seed(5)
     model = load_factories(factory_dir).vit()
-    save_file(model.state_dict(), str(factory_dir / "vit.safetensors"))
+    plain = ViTForImageClassification(model.config)  # what the user trained and saved
+    plain.load_state_dict(model.state_dict())
+    save_file(plain.state_dict(), str(factory_dir / "vit.safetensors"))
     rng = np.random.default_rng(5)
     x = rng.standard_normal((10, 1, 4, 4)).astype(np.float32)
     y = rng.integers(0, 3, size=10)
