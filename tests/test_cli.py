@@ -442,6 +442,18 @@ def test_missing_factory_module_says_how_to_fix_it(factory_errors):
     assert "notthere.py" in msg and "PYTHONPATH" in msg and "pip install" in msg
 
 
+def test_load_checkpoint_reports_a_factory_module_that_raises_at_import(tmp_path, monkeypatch):
+    """The Python API too: a CheckpointError naming the module and the cause."""
+    from curvature.checkpoint import CheckpointError
+
+    (tmp_path / "raises_on_import.py").write_text("raise OSError('libfoo.so: cannot open')\n")
+    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "w.pt")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(CheckpointError, match=r"importing module 'raises_on_import' failed: "
+                                              r"OSError: libfoo\.so: cannot open"):
+        load_checkpoint(tmp_path / "w.pt", model_factory="raises_on_import:make")
+
+
 # ----------------------------------------------------------------------- distributed
 
 
