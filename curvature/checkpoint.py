@@ -483,6 +483,12 @@ def load_checkpoint(
     except ModelFactoryError as e:
         where = "given" if model_factory is not None else f"recorded in {path}"
         raise CheckpointError(f"unknown model factory ({where}): {e}") from None
+    except Exception as e:  # the module raised while importing: broken extension, syntax error
+        cause = " ".join(str(e).split()) or "no message"
+        raise CheckpointError(
+            f"model factory {factory!r}: importing module {factory.split(':')[0]!r} failed: "
+            f"{type(e).__name__}: {cause}"
+        ) from None
     if model_factory is None and factory not in MODELS.values() and not (
         getattr(fn, "__module__", None) == factory.split(":")[0] and is_model_factory(fn)
     ):

@@ -21,6 +21,7 @@ checkpoint never executes code from it (:func:`curvature.checkpoint.load_checkpo
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -267,6 +268,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     _check_out(args.out)
     _check_device(args.device)
+    _import_factory_module(args.model)
     rank = _init_distributed(args.device)
     if rank != 0:  # every rank computes (the products are all-reduced); rank 0 writes
         args.quiet = True
@@ -321,6 +323,49 @@ def _check_device(device: str | None) -> None:
         raise UsageError(f"--device {device!r}: CUDA is not available on this machine")
 
 
+def _import_factory_module(model: str | None) -> None:
+    """Import the module of a ``--model package.module:function`` factory, so that any
+    failure is one line (exit 2) naming the module and the cause.
+
+    As with ``python -m``, the current directory comes first on ``sys.path`` (the
+    ``curvature`` console script otherwise has only its own folder there), so a
+    ``mymodule.py`` next to the user is found. Zoo names and malformed strings are left
+    to :func:`curvature.models.resolve_factory`, which reports them. Importing the
+    named module is the user's explicit choice; nothing from a checkpoint is imported.
+    """
+    from curvature.models import MODELS
+
+    if model is None or model in MODELS or model.count(":") != 1:
+        return
+    module = model.split(":")[0].strip()
+    if not module or not all(p.isidentifier() for p in module.split(".")):
+        return
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        missing = e.name or ""
+        if missing and (module == missing or module.startswith(missing + ".")):
+            where = f"{missing}.py" if "." not in module else f"the package {missing.split('.')[0]}/"
+            raise UsageError(
+                f"unknown model factory {model!r}: no module named {missing!r} in the current "
+                f"directory ({cwd}) or on the Python path; run from the folder that holds "
+                f"{where}, add that folder to PYTHONPATH, or pip install the package that "
+                f"provides it"
+            ) from None
+        raise UsageError(
+            f"model factory {model!r}: importing module {module!r} failed: it imports "
+            f"{missing or 'a module'!r}, which is not installed ({_one_line(e)})"
+        ) from None
+    except (Exception, SystemExit) as e:  # any failure at import: broken extension, syntax, ...
+        raise UsageError(
+            f"model factory {model!r}: importing module {module!r} failed: "
+            f"{type(e).__name__}: {_one_line(e)}"
+        ) from None
+
+
 def _build(model: str, kwargs: dict[str, Any], data) -> tuple[Any, str, dict[str, Any]]:
     """Build a model for ``data``: zoo names get arguments fitted to the data shape."""
     from curvature.models import MODELS, build_model, default_kwargs
@@ -342,6 +387,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     say = _say(args)
     _check_out(args.out)
     _check_device(args.device)
+    _import_factory_module(args.model)
     data = load_dataset(args.data)
     torch.manual_seed(args.seed)
     model, factory, kwargs = _build(args.model, args.model_kwargs, data)

@@ -25,8 +25,9 @@ TOOLS = ["curvature", "pyhessian", "curvlinops"]
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> Path:
-    pytest.importorskip("pyhessian")
-    pytest.importorskip("curvlinops")
+    pytest.importorskip("pyhessian", reason="peer baseline: pip install -c constraints.txt -e '.[test]'")
+    pytest.importorskip("curvlinops", reason="peer baseline: pip install --no-deps -c "
+                        "constraints.txt -r requirements-peers.txt (see README set-up)")
     out = tmp_path_factory.mktemp("benchmark")
     # One thread: on a shared, oversubscribed machine two OpenMP threads on tiny kernels
     # wait for each other far longer than they compute.

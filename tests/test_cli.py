@@ -357,6 +357,103 @@ def test_bad_options(bad):
     assert "not an analysis folder" in bad["not_analysis_folder"][0]
 
 
+# ------------------------------------------------------------ --model factory modules
+
+CONSOLE = ("import os, sys\n"
+           "sys.path[:] = [p for p in sys.path if p not in ('', os.getcwd())]\n"
+           "from curvature.cli import main\n"
+           "sys.exit(main())\n")
+"""``curvature`` as its console script starts: the current directory is not on ``sys.path``
+(unlike ``python -m``), so only ``--model``'s own search can find a module there."""
+
+
+def run_console(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
+    repo = str(Path(__file__).resolve().parents[1])  # this checkout's curvature
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
+    return subprocess.run([sys.executable, "-c", CONSOLE, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_model_factory_module_in_the_current_directory(tmp_path):
+    (tmp_path / "tinynet.py").write_text(
+        "from torch import nn\n\n"
+        "def make(width: int = 3) -> nn.Module:\n"
+        "    return nn.Sequential(nn.Linear(4, width), nn.Tanh(), nn.Linear(width, 3))\n")
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 3))
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    data = "synthetic-classification:d=4,classes=3,n_train=40,n_test=8"
+    proc = run_console("analyze", "w.pt", "--model", "tinynet:make", "--data", data,
+                       "--metrics", "eigenvalues", "--top-k", "1", "--tol", "1e-9",
+                       "--no-test", "--out", "out", "-q", cwd=tmp_path)
+    assert_ok(proc)
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    ds = load_dataset(data)
+    ev = dense_spectrum(model, "ce", ds.x_train, ds.y_train)
+    assert s["factory"] == "tinynet:make" and s["num_params"] == 4 * 3 + 3 + 3 * 3 + 3
+    assert s["lambda_max"] == pytest.approx(float(ev[-1]), rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def factory_errors(tmp_path_factory) -> dict[str, tuple[str, Path]]:
+    """``--model`` modules that fail to import, each run as the console script in a
+    folder holding the module: ``name -> (the one stderr line, folder)``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("factory_errors")
+    torch.save(torch.nn.Linear(64, 10).state_dict(), root / "w.pt")
+    (root / "brokenext.py").write_text(  # what a torchvision built for another torch does
+        "raise RuntimeError('operator torchvision::nms does not exist')\n")
+    (root / "typo.py").write_text("def make(:\n    pass\n")
+    cases = {
+        "runtime": ["analyze", "w.pt", "--model", "brokenext:make", "--data", DATA],
+        "syntax": ["train", "--model", "typo:make", "--data", DATA, "--steps", "1"],
+        "missing": ["analyze", "w.pt", "--model", "notthere:make", "--data", DATA],
+    }
+
+    def one(item):
+        name, argv = item
+        return name, run_console(*argv, "--out", f"out-{name}", "-q", cwd=root)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = dict(pool.map(one, cases.items()))
+    out = {}
+    for name, proc in results.items():
+        assert proc.returncode == 2, (name, proc.returncode, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, (name, proc.stderr)
+        assert not (root / f"out-{name}").exists(), name
+        out[name] = (lines[0], root)
+    return out
+
+
+def test_factory_module_raising_at_import_exits_2_with_one_line(factory_errors):
+    msg = factory_errors["runtime"][0]
+    assert "'brokenext'" in msg and "RuntimeError: operator torchvision::nms does not exist" in msg
+    msg = factory_errors["syntax"][0]
+    assert "'typo'" in msg and "SyntaxError" in msg
+
+
+def test_missing_factory_module_says_how_to_fix_it(factory_errors):
+    msg, root = factory_errors["missing"]
+    assert "no module named 'notthere'" in msg and "unknown model factory" in msg
+    assert f"current directory ({root})" in msg
+    assert "notthere.py" in msg and "PYTHONPATH" in msg and "pip install" in msg
+
+
+def test_load_checkpoint_reports_a_factory_module_that_raises_at_import(tmp_path, monkeypatch):
+    """The Python API too: a CheckpointError naming the module and the cause."""
+    from curvature.checkpoint import CheckpointError
+
+    (tmp_path / "raises_on_import.py").write_text("raise OSError('libfoo.so: cannot open')\n")
+    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "w.pt")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(CheckpointError, match=r"importing module 'raises_on_import' failed: "
+                                              r"OSError: libfoo\.so: cannot open"):
+        load_checkpoint(tmp_path / "w.pt", model_factory="raises_on_import:make")
+
+
 # ----------------------------------------------------------------------- distributed
 
 
