@@ -107,8 +107,12 @@ class Dataset:
                        x_test=move(self.x_test), y_test=move(self.y_test))
 
     def loss_fn(self) -> nn.Module:
-        """Mean cross-entropy for classification, mean squared error for regression."""
-        return nn.CrossEntropyLoss() if self.task == "classification" else nn.MSELoss()
+        """Mean cross-entropy for classification, mean squared error for regression:
+        :func:`curvature.inputs.make_loss` of ``"ce"`` / ``"mse"``, the losses the
+        ``curvature`` command uses under those names."""
+        from curvature.inputs import make_loss
+
+        return make_loss("ce" if self.task == "classification" else "mse")
 
     def train_batches(self, batch_size: int | None = None) -> list[tuple[Tensor, Tensor]]:
         """The training set as a list of ``(x, y)`` batches, in order (see :func:`batches`)."""
