@@ -52,13 +52,13 @@ small GPT-2: 2.5 and 5.6 gradients per product in float32, 2.8 and 4.8 in float6
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # pragma: no cover
-    from curvature.engine import Problem
+Problem = Any
+"""A :class:`curvature.engine.Problem` (not imported: the engine imports this module)."""
 
 MAX_PASSES = 3
 """Passes over the data at most per product (the first plus two step corrections)."""

@@ -40,13 +40,11 @@ checkpoint under the final name.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import pickle
 import struct
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +54,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from curvature.atomic import atomic_write
 from curvature.models import (
     MODELS,
     ModelFactoryError,
@@ -151,38 +150,6 @@ def _jsonable(obj: Any, where: str) -> Any:
 # -------------------------------------------------------------------------- save
 
 
-def _file_mode(path: Path) -> int:
-    """The target's current permissions, or those of a new file (0o666 minus umask)."""
-    try:
-        return path.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, _file_mode(path))
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # persist the rename (POSIX); not possible everywhere
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
@@ -241,9 +208,9 @@ def save_checkpoint(
         from safetensors.torch import save
 
         blob = save(state, metadata={"format": FORMAT, _SAFETENSORS_KEY: json.dumps(header)})
-        _atomic_write(path, lambda f: f.write(blob))
+        atomic_write(path, lambda f: f.write(blob))
     else:
-        _atomic_write(path, lambda f: torch.save({**header, "state_dict": state}, f))
+        atomic_write(path, lambda f: torch.save({**header, "state_dict": state}, f))
     return path
 
 

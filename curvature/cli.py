@@ -380,8 +380,9 @@ def _build(model: str, kwargs: dict[str, Any], data) -> tuple[Any, str, dict[str
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
+    from curvature.atomic import atomic_directory
     from curvature.data import load_dataset
-    from curvature.pipeline import atomic_directory, check_data_fits, make_loss
+    from curvature.inputs import check_data_fits, make_loss
     from curvature.train import train
 
     say = _say(args)
@@ -456,8 +457,8 @@ def _one_line(e: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``curvature`` console script; returns the exit status."""
     from curvature.checkpoint import CheckpointError
+    from curvature.inputs import InputError
     from curvature.models import ModelFactoryError
-    from curvature.pipeline import InputError
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -84,19 +84,14 @@ def run_demo(
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """Run the demo and write its folder atomically; returns the path of ``report.md``."""
-    import matplotlib.pyplot as plt
     import torch
 
-    from curvature import plots
+    from curvature.atomic import atomic_directory
     from curvature.data import load_dataset
+    from curvature.inputs import make_loss
     from curvature.models import build_model
-    from curvature.pipeline import (
-        analyze_checkpoint,
-        atomic_directory,
-        compare,
-        make_loss,
-        write_analysis,
-    )
+    from curvature.pipeline import analyze_checkpoint, compare, write_analysis
+    from curvature.plots import training_figure
     from curvature.train import train
 
     log = log or (lambda _m: None)
@@ -143,46 +138,11 @@ def run_demo(
         table = compare([tmp / n / "analysis" for n in runs], tmp / "comparison",
                         labels=[runs[n]["label"] for n in runs],
                         title="SGD vs SAM on digits: curvature of the minima")
-        _training_figure(results, trajectories, runs, tmp / "training.png", plots, plt)
+        training_figure(results, trajectories, runs, tmp / "training.png")
         elapsed = time.perf_counter() - t0
         (tmp / "report.md").write_text(
             _report(setup, runs, results, trajectories, table, quick, elapsed, config, data))
     return out / "report.md"
-
-
-def _training_figure(results, trajectories, runs, path, plots, plt) -> None:
-    with plots.style():
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-        for i, (name, res) in enumerate(results.items()):
-            h = res.history
-            window = max(1, len(h) // 30)
-            smooth = h["loss"].rolling(window, min_periods=1).mean()
-            ax1.plot(h["step"], smooth, color=f"C{i}", label=f"{runs[name]['label']}")
-            ev = res.evaluations
-            if "test_loss" in ev:
-                ax1.plot(ev["step"], ev["test_loss"], "o--", color=f"C{i}", ms=3, lw=0.9,
-                         label=f"{runs[name]['short']}: test loss")
-        ax1.set_yscale("log")
-        ax1.set_xlabel("training step")
-        ax1.set_ylabel("cross-entropy loss (log scale)")
-        ax1.set_title(f"Training (mini-batch loss, running mean of {window} steps)")
-        ax1.legend(frameon=False, fontsize=7)
-        for i, (name, traj) in enumerate(trajectories.items()):
-            steps = [r["step"] for r in traj]
-            ax2.plot(steps, [r["lambda_max"] for r in traj], "o-", color=f"C{i}", ms=3.5,
-                     label=f"{runs[name]['short']}: Lanczos $\\lambda_{{\\max}}$ (full training set)")
-            h = results[name].history
-            if "lambda_max" in h:
-                w = max(1, len(h) // 30)
-                ax2.plot(h["step"], h["lambda_max"].rolling(w, min_periods=1).mean(),
-                         color=f"C{i}", lw=0.9, alpha=0.7,
-                         label=f"{runs[name]['short']}: optimizer estimate $\\|(g_{{adv}} - g)/\\rho\\|$ (batch)")
-        ax2.set_yscale("log")
-        ax2.set_xlabel("training step")
-        ax2.set_ylabel(r"top Hessian eigenvalue $\lambda_{\max}$ (log scale)")
-        ax2.set_title("Sharpness during training")
-        ax2.legend(frameon=False, fontsize=7)
-        plots.save_figure(fig, path)
 
 
 def _fmt(v: Any) -> str:

@@ -113,27 +113,11 @@ class SpectralDensity:
     def plot(self, ax=None, log: bool = True, sigma: float | None = None, num_points: int = 4000):
         """Draw the broadened density (log y-axis by default) with ``lambda_min``/``lambda_max`` marked.
 
-        Returns the matplotlib ``Axes``.
+        Returns the matplotlib ``Axes`` (drawn by :func:`curvature.plots.plot_spectral_density`).
         """
-        import matplotlib.pyplot as plt
+        from curvature.plots import plot_spectral_density
 
-        if ax is None:
-            _, ax = plt.subplots(figsize=(5, 3.5))
-        lo, hi = self.lambda_min, self.lambda_max
-        pad = 0.05 * max(hi - lo, abs(hi), 1e-12)
-        grid = np.linspace(lo - pad, hi + pad, num_points)
-        dens = self.evaluate(grid, sigma).numpy()
-        ax.plot(grid, dens, color="C0", lw=1.2)
-        if log:
-            ax.set_yscale("log")
-            peak = float(dens.max())
-            ax.set_ylim(max(peak * 1e-8, np.finfo(float).tiny), peak * 3)
-        ax.axvline(lo, color="C3", ls="--", lw=0.9, label=f"$\\lambda_{{min}}$ = {lo:.3g}")
-        ax.axvline(hi, color="C2", ls="--", lw=0.9, label=f"$\\lambda_{{max}}$ = {hi:.3g}")
-        ax.set_xlabel("eigenvalue")
-        ax.set_ylabel("density (log scale)" if log else "density")
-        ax.legend(frameon=False, fontsize="small")
-        return ax
+        return plot_spectral_density(self, ax=ax, log=log, sigma=sigma, num_points=num_points)
 
 
 def spectral_density(

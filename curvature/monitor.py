@@ -450,7 +450,9 @@ class CurvatureMonitor:
         and one for ``lambda_max_full`` / ``trace_full``. Saved to ``path`` (PNG) if
         given; returns the matplotlib figure.
         """
-        return plot_history(self.history, path, title=title)
+        from curvature.plots import monitor_figure
+
+        return monitor_figure(self.history, path, title=title, vector_keys=_VECTOR_KEYS)
 
 
 def _per_example_statistics(model: nn.Module, params: Sequence[Tensor], names: Sequence[str],
@@ -502,69 +504,3 @@ def _per_example_statistics(model: nn.Module, params: Sequence[Tensor], names: S
     mean = s1 / count
     var = (s2 / count - mean.square()).clamp_min(0)
     return (s_ggn / count).to(dtype), var.to(dtype)
-
-
-def plot_history(history: pd.DataFrame, path: str | Path | None = None, *, title: str | None = None):
-    """The figure of :meth:`CurvatureMonitor.plot` for a history DataFrame."""
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    h = history
-    scalars = [k for k in ("lambda_max", "smoothness") if k in h.columns]
-    vectors = [k for k in _VECTOR_KEYS if f"{k}_rel_error" in h.columns or f"{k}_rel_error_full" in h.columns]
-    panels = len(scalars) + (1 if vectors else 0) + 1
-    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.6), squeeze=False)
-    axes = list(axes[0])
-    steps = h["step"] if "step" in h else []
-    for ax, k in zip(axes, scalars):
-        ax.plot(steps, h[k], "o-", label=f"{k} (optimizer)")
-        for col, style, lab in ((f"{k}_truth_batch", "s--", "truth, batch"),
-                                (f"{k}_truth_full", "^:", "truth, full data")):
-            if col in h:
-                ax.plot(steps, h[col], style, label=lab)
-        if k == "smoothness":
-            for col, style, lab in (("lambda_max_batch", "x-.", "lambda_max, batch"),):
-                if col in h:
-                    ax.plot(steps, h[col], style, label=lab)
-        _log_if_wide(ax, h[[c for c in h.columns if c.startswith(k) or c == "lambda_max_batch"]])
-        ax.set_title(k)
-        ax.set_ylabel("curvature (loss / weight$^2$)")
-    if vectors:
-        ax = axes[len(scalars)]
-        for k in vectors:
-            for suffix, style in (("", "o-"), ("_full", "s--")):
-                col = f"{k}_rel_error{suffix}"
-                if col in h:
-                    ax.plot(steps, h[col], style, label=f"{k} {'batch' if not suffix else 'full'}")
-        ax.set_yscale("log")
-        ax.set_ylabel("relative error ||est - exact|| / ||exact||")
-        ax.set_title("vector estimates")
-        ax.legend(fontsize=7)
-    ax = axes[-1]
-    ax.plot(steps, h["lambda_max_full"], "o-", label="lambda_max (full data)")
-    ax.plot(steps, h["trace_full"], "s--", label="trace (full data)")
-    ax.set_yscale("symlog" if (h[["lambda_max_full", "trace_full"]] <= 0).any().any() else "log")
-    ax.set_title("full-data curvature")
-    ax.set_ylabel("loss / weight$^2$ (trace: sum over all directions)")
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-    return fig
-
-
-def _log_if_wide(ax: Any, values: pd.DataFrame) -> None:
-    v = values.to_numpy(dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size and (v > 0).all() and v.max() / v.min() > 30:
-        ax.set_yscale("log")

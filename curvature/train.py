@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from curvature.checkpoint import save_checkpoint
 from curvature.data import Dataset, loader
+from curvature.inputs import make_loss
 
 __all__ = [
     "OPTIMIZERS",
@@ -238,7 +239,9 @@ def train(
             ``steps = ceil(epochs * N / batch_size)``). Default: 1 epoch.
         batch_size: mini-batch size (batches reshuffled every epoch from ``seed``).
         seed: seeds the batch order (the caller seeds the model's initialisation).
-        loss_fn: default ``data.loss_fn()``; ``loss_name`` is recorded (``"ce"``/``"mse"``).
+        loss_fn, loss_name: the loss and its name (``"ce"``/``"mse"``), recorded in the
+            checkpoints; by default ``make_loss(loss_name)``, and ``loss_name`` defaults to
+            ``"ce"`` for classification data and ``"mse"`` for regression.
         out: directory for checkpoints ``step_XXXXXX.pt`` (at every step in ``save_at``)
             and ``final.pt``; ``None`` writes nothing.
         factory, factory_kwargs: recorded in the checkpoints (required with ``out``).
@@ -269,7 +272,8 @@ def train(
         raise ValueError("train(out=...) needs the model factory to record in the checkpoints")
     device = torch.device(device) if device is not None else torch.device("cpu")
     model.to(device)
-    loss_fn = loss_fn or data.loss_fn()
+    loss_name = loss_name or ("ce" if data.task == "classification" else "mse")
+    loss_fn = loss_fn or make_loss(loss_name)
     opt, create_graph, hyper = make_optimizer(
         optimizer, model, lr=lr, momentum=momentum, rho=rho, weight_decay=weight_decay,
         base=base_optimizer, extra=optimizer_kwargs,
@@ -286,7 +290,7 @@ def train(
         "seed": seed,
         "batch_size": batch_size,
         "steps": steps,
-        "loss": loss_name or ("ce" if data.task == "classification" else "mse"),
+        "loss": loss_name,
     }
 
     def checkpoint(step: int, name: str) -> dict[str, Any]:

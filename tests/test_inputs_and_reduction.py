@@ -330,7 +330,7 @@ def test_landscape_monitor_pipeline_take_mapping_inputs():
     """The application loops share the batch helpers: UserDict / BatchEncoding batches
     give the whole-dataset numbers computed here directly."""
     from curvature.monitor import _per_example_statistics
-    from curvature.pipeline import _accuracy
+    from curvature.pipeline.compute import _accuracy
 
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(6)

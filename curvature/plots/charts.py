@@ -1,127 +1,33 @@
-"""Figures: spectral densities, eigenvalues, trajectories, heatmaps and loss landscapes.
+"""Charts: one quantity on one ``Axes`` -- spectral densities, extreme eigenvalues,
+trajectories over training, heatmaps and 1-D / 2-D loss landscapes.
 
 Every function draws on a matplotlib ``Axes`` (a new figure when ``ax=None``) and
-returns it; :func:`save_figure` writes a PNG atomically and closes the figure. The
-Agg backend is selected when no backend has been chosen yet, so nothing needs a
-display. Conventions: axes carry their quantity and unit, legends name every curve,
+returns it. Conventions: axes carry their quantity and unit, legends name every curve,
 and a value axis switches to a logarithmic scale (``"symlog"`` when it crosses zero)
-when its values span more than two decades.
+when its values span more than two decades (:func:`curvature.plots.base.value_scale`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import colors, ticker
 
-if "matplotlib.pyplot" not in __import__("sys").modules:
-    matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib import colors, ticker  # noqa: E402
+from curvature.plots.base import apply_scale, new_axes, value_scale
 
 __all__ = [
-    "STYLE",
     "density_grid",
     "plot_density",
     "plot_eigenvalues",
     "plot_heatmap",
     "plot_landscape_1d",
     "plot_landscape_2d",
+    "plot_spectral_density",
     "plot_trajectories",
-    "save_figure",
-    "value_scale",
 ]
-
-STYLE: dict[str, Any] = {
-    "figure.dpi": 100,
-    "savefig.dpi": 160,
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.labelsize": 9,
-    "legend.fontsize": 8,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.25,
-    "grid.linewidth": 0.5,
-    "lines.linewidth": 1.4,
-    "figure.constrained_layout.use": True,
-}
-"""rcParams used by every figure of this module (applied with ``plt.rc_context``)."""
-
-
-def style() -> contextlib.AbstractContextManager:
-    """``plt.rc_context(STYLE)``: wrap figure creation in it for the package's look."""
-    return plt.rc_context(STYLE)
-
-
-def _axes(ax, figsize=(5.0, 3.4)):
-    if ax is not None:
-        return ax
-    with style():
-        _, ax = plt.subplots(figsize=figsize)
-    return ax
-
-
-def value_scale(values: Sequence[float] | np.ndarray, decades: float = 2.0) -> str:
-    """``"linear"``, ``"log"`` (all positive, spanning more than ``decades`` decades) or
-    ``"symlog"`` (crossing zero with magnitudes spanning more than ``decades`` decades)."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return "linear"
-    mags = np.abs(v[v != 0])
-    if mags.size == 0:
-        return "linear"
-    span = math.log10(mags.max() / mags.min())
-    if span <= decades:
-        return "linear"
-    return "log" if (v > 0).all() else "symlog"
-
-
-def _apply_scale(ax, axis: str, values, decades: float = 2.0) -> str:
-    scale = value_scale(values, decades)
-    setter = ax.set_yscale if axis == "y" else ax.set_xscale
-    if scale == "symlog":
-        raw = np.asarray(values, dtype=np.float64)
-        raw = raw[np.isfinite(raw)]
-        v = np.abs(raw[raw != 0])
-        # linear only below the smallest magnitude: every value sits on the log part
-        linthresh = max(0.5 * float(v.min()), float(v.max()) * 1e-6)
-        setter("symlog", linthresh=linthresh)
-        lo, hi = float(raw.min()), float(raw.max())
-        limits = (lo * 2.0 if lo < 0 else -linthresh, hi * 2.0 if hi > 0 else linthresh)
-        (ax.set_ylim if axis == "y" else ax.set_xlim)(*limits)
-    else:
-        setter(scale)
-    return scale
-
-
-def save_figure(fig, path: str | os.PathLike, *, dpi: int | None = None) -> Path:
-    """Write ``fig`` as PNG to ``path`` atomically (temporary file + rename); close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        with plt.rc_context(STYLE):
-            fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        plt.close(fig)
-    return path
 
 
 # --------------------------------------------------------------------- spectra
@@ -166,7 +72,7 @@ def plot_density(
     Returns:
         the ``Axes``.
     """
-    ax = _axes(ax)
+    ax = new_axes(ax)
     grid, default_sigma = density_grid(list(densities.values()))
     sigma = default_sigma if sigma is None else sigma
     peak = 0.0
@@ -208,6 +114,34 @@ def plot_density(
     return ax
 
 
+def plot_spectral_density(density: Any, *, ax=None, log: bool = True,
+                          sigma: float | None = None, num_points: int = 4000):
+    """One broadened density (log y-axis by default) with ``lambda_min``/``lambda_max``
+    marked: the figure of :meth:`curvature.density.SpectralDensity.plot`.
+
+    ``density``: a :class:`curvature.density.SpectralDensity`; ``sigma``: Gaussian width
+    in eigenvalue units (default: the density's own); ``num_points``: grid points.
+    Returns the ``Axes``.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    lo, hi = density.lambda_min, density.lambda_max
+    pad = 0.05 * max(hi - lo, abs(hi), 1e-12)
+    grid = np.linspace(lo - pad, hi + pad, num_points)
+    dens = density.evaluate(grid, sigma).numpy()
+    ax.plot(grid, dens, color="C0", lw=1.2)
+    if log:
+        ax.set_yscale("log")
+        peak = float(dens.max())
+        ax.set_ylim(max(peak * 1e-8, np.finfo(float).tiny), peak * 3)
+    ax.axvline(lo, color="C3", ls="--", lw=0.9, label=f"$\\lambda_{{min}}$ = {lo:.3g}")
+    ax.axvline(hi, color="C2", ls="--", lw=0.9, label=f"$\\lambda_{{max}}$ = {hi:.3g}")
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density (log scale)" if log else "density")
+    ax.legend(frameon=False, fontsize="small")
+    return ax
+
+
 def plot_eigenvalues(
     series: Mapping[str, Mapping[str, Sequence[float]]],
     *,
@@ -224,7 +158,7 @@ def plot_eigenvalues(
 
     The value axis is symmetric-log when the values cross zero and span decades.
     """
-    ax = _axes(ax)
+    ax = new_axes(ax)
     allv: list[float] = []
     for i, (label, ends) in enumerate(series.items()):
         color = f"C{i}"
@@ -240,7 +174,7 @@ def plot_eigenvalues(
     ax.axhline(0.0, color="0.5", lw=0.6)
     ax.axvline(0.0, color="0.5", lw=0.6)
     # one decade already hides the small negative end on a linear axis
-    scale = _apply_scale(ax, "y", allv, decades=1.0)
+    scale = apply_scale(ax, "y", allv, decades=1.0)
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set_xlabel(r"rank $i$ ($i > 0$: $i$-th largest, $i < 0$: $|i|$-th smallest)")
     ax.set_ylabel(r"eigenvalue $\lambda_i$ (loss / parameter$^2$)"
@@ -263,7 +197,7 @@ def plot_trajectories(
 ):
     """Curves over training (e.g. ``lambda_max`` estimated by an optimizer and the
     Lanczos ground truth) against ``x``; log y-axis when the values span decades."""
-    ax = _axes(ax)
+    ax = new_axes(ax)
     allv: list[float] = []
     xs = np.asarray(x, dtype=np.float64)
     for i, (label, ys) in enumerate(curves.items()):
@@ -272,7 +206,7 @@ def plot_trajectories(
         kw.update((styles or {}).get(label, {}))
         ax.plot(xs, ys, label=label, **kw)
         allv += ys[np.isfinite(ys)].tolist()
-    _apply_scale(ax, "y", allv)
+    apply_scale(ax, "y", allv)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(frameon=False)
@@ -303,7 +237,7 @@ def plot_heatmap(
     Cells are annotated with ``fmt`` of their value, or with ``cell_text[i][j]`` when
     given (e.g. raw values when the colours show normalised ones). NaN cells are
     left blank in colour."""
-    ax = _axes(ax, figsize=(1.0 + 0.75 * len(col_labels), 1.0 + 0.45 * len(row_labels)))
+    ax = new_axes(ax, figsize=(1.0 + 0.75 * len(col_labels), 1.0 + 0.45 * len(row_labels)))
     m = np.asarray(matrix, dtype=np.float64)
     finite = m[np.isfinite(m)]
     if log is None:
@@ -353,7 +287,7 @@ def plot_landscape_1d(
             eigenvalue), so the reader sees where the quadratic picture holds.
         log: log loss axis (default: when the losses span more than two decades).
     """
-    ax = _axes(ax)
+    ax = new_axes(ax)
     allv: list[float] = []
     for i, (label, land) in enumerate(curves):
         a = np.asarray(land.coords[0], dtype=np.float64)
@@ -403,7 +337,7 @@ def plot_landscape_2d(
     resolves the basin floor and the walls at once. The point ``(0, 0)`` (the
     analysed parameters) is marked.
     """
-    ax = _axes(ax, figsize=(4.4, 3.8))
+    ax = new_axes(ax, figsize=(4.4, 3.8))
     a = np.asarray(land.coords[0], dtype=np.float64)
     b = np.asarray(land.coords[1], dtype=np.float64)
     Z = np.asarray(land.loss, dtype=np.float64).T  # rows: b, columns: a

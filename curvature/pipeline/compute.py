@@ -1,0 +1,241 @@
+"""The computation of a post-hoc analysis: :func:`analyze` runs the estimators on a
+model's data and returns an :class:`~curvature.pipeline.summary.Analysis`.
+
+On the training data and optionally on test data it computes
+
+* the ``k`` largest and ``k`` smallest Hessian eigenvalues (Lanczos, with residuals
+  and convergence flags),
+* the trace (Hutch++ with a standard error),
+* the spectral density (stochastic Lanczos quadrature),
+* the loss along the top eigenvectors and along filter-normalised random directions,
+  on lines (1-D) and planes (2-D) -- the landscape directions are chosen here.
+
+Nothing is written: :func:`curvature.pipeline.write_analysis` turns the result into
+a folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from curvature.pipeline.config import AnalysisConfig, resolve_config
+from curvature.pipeline.summary import Analysis, SplitAnalysis
+
+__all__ = ["analyze"]
+
+
+def _timed(timings: dict[str, float], key: str):
+    @contextlib.contextmanager
+    def ctx() -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+
+    return ctx()
+
+
+def _resolve_dtype(config: AnalysisConfig, device: torch.device) -> torch.dtype:
+    if config.dtype is not None:
+        return getattr(torch, config.dtype)
+    return torch.float64 if device.type == "cpu" else torch.float32
+
+
+def analyze(
+    model: nn.Module,
+    loss_fn: Callable[[Any, Any], Tensor],
+    data: Any,
+    *,
+    test_data: Any = None,
+    config: AnalysisConfig | None = None,
+    info: Mapping[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+    **overrides: Any,
+) -> Analysis:
+    """Curvature analysis of ``model`` at its current parameters.
+
+    Args:
+        model: the network (never modified: the analysis runs on a copy in the
+            computation dtype/device, in eval mode).
+        loss_fn: ``loss_fn(outputs, targets)``, the mean loss of a batch.
+        data: training data: one ``(inputs, targets)`` batch or a list of batches.
+        test_data: optional held-out data in the same form.
+        config: an :class:`AnalysisConfig`; keyword ``overrides`` replace its fields
+            (e.g. ``top_k=3``).
+        info: provenance to record in the summary.
+        log: receives one-line progress messages.
+
+    Returns:
+        an :class:`Analysis` (write it with :func:`write_analysis`).
+    """
+    from curvature.density import spectral_density
+    from curvature.eigen import eigenvalues
+    from curvature.landscape import (
+        filter_normalized_direction,
+        loss_landscape_1d,
+        loss_landscape_2d,
+        symmetric_grid,
+    )
+    from curvature.operators import HessianOperator
+    from curvature.trace import trace
+
+    config = resolve_config(config, overrides)
+    log = log or (lambda _m: None)
+    ref = next(iter(model.parameters()))
+    device = torch.device(config.device) if config.device else ref.device
+    dtype = _resolve_dtype(config, device)
+    work = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+    names = [k for k, p in work.named_parameters() if p.requires_grad]
+    num_params = sum(p.numel() for p in work.parameters() if p.requires_grad)
+    k = min(config.top_k, num_params)
+    want = set(config.metrics)
+    timings: dict[str, float] = {}
+    splits: dict[str, SplitAnalysis] = {}
+    directions: dict[str, tuple[Tensor, ...]] = {}
+    t_all = time.perf_counter()
+
+    datasets = [("train", data)] + ([("test", test_data)] if test_data is not None else [])
+    for split, batches in datasets:
+        op = HessianOperator(work, loss_fn, batches, device=device, dtype=dtype)
+        with _timed(timings, f"{split}_loss_gradient"):
+            g = op.gradient()
+            loss = op.loss()
+        acc = _accuracy(work, batches, device, dtype)
+        res = SplitAnalysis(split, _count(batches, device), loss, acc, float(g.double().norm()))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if "eigenvalues" in want or ("landscape" in want and split == "train"):
+                for which, attr in (("largest", "top"), ("smallest", "bottom")):
+                    log(f"{split}: Lanczos, {k} {which} eigenvalues")
+                    before = op.num_matvecs
+                    with _timed(res.timings, f"eigenvalues_{which}"):
+                        r = eigenvalues(op, k, which=which, tol=config.tol,
+                                        max_matvecs=config.max_matvecs, seed=config.seed,
+                                        progress=config.progress)
+                    setattr(res, attr, r)
+                    res.num_matvecs[f"eigenvalues_{which}"] = op.num_matvecs - before
+            if "trace" in want:
+                log(f"{split}: Hutch++ trace, {config.trace_matvecs} products")
+                before = op.num_matvecs
+                with _timed(res.timings, "trace"):
+                    res.trace = trace(op, method="hutch++", num_matvecs=config.trace_matvecs,
+                                      seed=config.seed, progress=config.progress)
+                res.num_matvecs["trace"] = op.num_matvecs - before
+            if "density" in want:
+                steps = min(config.density_steps, num_params)
+                log(f"{split}: SLQ density, {config.density_probes} probes x {steps} steps")
+                before = op.num_matvecs
+                with _timed(res.timings, "density"):
+                    res.density = spectral_density(
+                        op, num_steps=steps, num_probes=config.density_probes,
+                        seed=config.seed, progress=config.progress)
+                res.num_matvecs["density"] = op.num_matvecs - before
+        res.warnings = sorted({str(w.message).splitlines()[0] for w in caught})
+        for w in res.warnings:
+            log(f"{split}: warning: {w}")
+
+        if "landscape" in want:
+            if not directions:
+                directions = _directions(work, names, res, config, filter_normalized_direction)
+            line_a = symmetric_grid(config.landscape_radius, config.landscape_points)
+            line_r = symmetric_grid(config.random_radius, config.landscape_points)
+            grid_a = symmetric_grid(config.landscape_radius, config.landscape_grid)
+            grid_r = symmetric_grid(config.random_radius, config.landscape_grid)
+            log(f"{split}: loss landscapes")
+            with _timed(res.timings, "landscape"):
+                for name, (d, label, curv) in _line_specs(directions):
+                    radius = line_r if name.startswith("random") else line_a
+                    land = loss_landscape_1d(work, loss_fn, batches, d, radius, params=names,
+                                             label=label, progress=config.progress)
+                    res.lines[name] = land
+                    if curv is not None:
+                        slope = float(g.double() @ d.double())
+                        res.quadratic[name] = (land.loss0, slope, curv)
+                for name, (d1, d2, labels) in _plane_specs(directions):
+                    radius = grid_r if name.startswith("random") else grid_a
+                    res.planes[name] = loss_landscape_2d(
+                        work, loss_fn, batches, (d1, d2), radius, params=names,
+                        labels=labels, progress=config.progress)
+        splits[split] = res
+        if "eigenvalues" not in want:
+            res.top = res.bottom = None
+    timings["total"] = time.perf_counter() - t_all
+    info = dict(info or {})
+    info.setdefault("dtype", str(dtype).replace("torch.", ""))
+    info.setdefault("device", str(device))
+    return Analysis(splits=splits, num_params=num_params, config=config, info=info,
+                    timings=timings)
+
+
+def _count(batches: Any, device) -> int:
+    """Examples in ``batches`` (over all ranks under torch.distributed)."""
+    from curvature.engine import all_reduce_sum, as_batches, batch_size_of
+
+    n = torch.tensor([float(sum(batch_size_of(b) for b in as_batches(batches)))],
+                     dtype=torch.float64, device=device)
+    return int(all_reduce_sum(n).item())
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, batches: Any, device, dtype) -> float | None:
+    """Fraction of correct ``argmax`` predictions (over all ranks; per target entry, so
+    per token for ``[B, T]`` labels); ``None`` for regression targets and for outputs
+    that are not logits shaped like the targets plus a class dimension."""
+    from curvature.batches import check_pair, model_args, to_device
+    from curvature.engine import all_reduce_sum, as_batches
+
+    correct, total = 0, 0
+    for i, b in enumerate(as_batches(batches)):
+        check_pair(b, i)
+        x, y = to_device(tuple(b), device, dtype)
+        if not isinstance(y, Tensor) or y.is_floating_point():
+            return None
+        out = model(*model_args(x))
+        if not isinstance(out, Tensor) or out.shape[:-1] != y.shape:
+            return None
+        correct += int((out.argmax(-1) == y).sum())
+        total += y.numel()
+    sums = all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64, device=device))
+    return float(sums[0] / sums[1]) if sums[1] > 0 else None
+
+
+def _directions(work, names, train: SplitAnalysis, config, filter_normalized):
+    """Directions of the landscapes: top eigenvectors (train) and two random ones."""
+    out: dict[str, tuple[Tensor, ...]] = {}
+    if train.top is not None:
+        V = train.top.vectors
+        out["eigen"] = tuple(V[:, i] for i in range(min(2, V.shape[1])))
+        out["eigen_values"] = tuple(float(v) for v in train.top.values[:2])
+    if train.bottom is not None:
+        out["bottom"] = (train.bottom.vectors[:, 0],)
+        out["bottom_values"] = (float(train.bottom.values[0]),)
+    out["random"] = tuple(
+        filter_normalized(work, params=names, seed=config.seed + i) for i in (1, 2)
+    )
+    return out
+
+
+def _line_specs(directions):
+    """``(name, (direction, label, curvature or None))`` for the 1-D landscapes."""
+    if "eigen" in directions:
+        v, lam = directions["eigen"][0], directions["eigen_values"][0]
+        yield "v_max", (v, rf"$v_{{\max}}$ ($\lambda$ = {lam:.3g})", lam)
+    if "bottom" in directions:
+        v, lam = directions["bottom"][0], directions["bottom_values"][0]
+        yield "v_min", (v, rf"$v_{{\min}}$ ($\lambda$ = {lam:.3g})", lam)
+    yield "random", (directions["random"][0], "random (filter-normalised)", None)
+
+
+def _plane_specs(directions):
+    if "eigen" in directions and len(directions["eigen"]) == 2:
+        l1, l2 = directions["eigen_values"]
+        yield "eigen", (*directions["eigen"],
+                        (rf"$v_1$ ($\lambda_1$ = {l1:.3g})", rf"$v_2$ ($\lambda_2$ = {l2:.3g})"))
+    yield "random", (*directions["random"], ("random $d_1$", "random $d_2$"))

@@ -1,0 +1,88 @@
+"""What :func:`curvature.pipeline.analyze` computes and how hard it tries.
+
+:data:`METRICS` names the quantities (``--metrics``); :class:`AnalysisConfig` holds
+every setting of an analysis (budgets, tolerances, landscape grids, seed, dtype,
+device), checked when it is made: a bad value raises
+:class:`curvature.inputs.InputError` naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from curvature.inputs import InputError
+
+__all__ = ["METRICS", "AnalysisConfig", "resolve_config"]
+
+METRICS = ("eigenvalues", "trace", "density", "landscape")
+"""Names accepted by ``AnalysisConfig.metrics`` (``--metrics``)."""
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """What :func:`analyze` computes and how hard it tries.
+
+    Attributes:
+        metrics: subset of :data:`METRICS`.
+        top_k: eigenvalues at each end of the spectrum.
+        tol: Lanczos relative residual tolerance.
+        max_matvecs: Lanczos product budget per end (``None``: the estimator's default).
+        trace_matvecs: Hutch++ products.
+        density_probes, density_steps: SLQ probes and Lanczos steps per probe.
+        landscape_points: points on each 1-D line.
+        landscape_grid: points per side of each 2-D grid.
+        landscape_radius: half-width of eigenvector lines/planes, in Euclidean parameter
+            distance (eigenvectors have unit norm).
+        random_radius: half-width of random lines/planes, in units of the
+            filter-normalised direction (1 = every filter moved by its own norm).
+        seed: seeds every random choice (probes, start vectors, random directions).
+        dtype: computation dtype (``None``: float64 on CPU, float32 elsewhere).
+        device: where to compute (``None``: the model's device).
+        progress: tqdm bars on stderr.
+    """
+
+    metrics: tuple[str, ...] = METRICS
+    top_k: int = 5
+    tol: float = 1e-5
+    max_matvecs: int | None = None
+    trace_matvecs: int = 90
+    density_probes: int = 8
+    density_steps: int = 60
+    landscape_points: int = 41
+    landscape_grid: int = 25
+    landscape_radius: float = 1.0
+    random_radius: float = 1.0
+    seed: int = 0
+    dtype: str | None = None
+    device: str | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.metrics if m not in METRICS]
+        if bad or not self.metrics:
+            raise InputError(f"unknown metrics {bad}; choose from {', '.join(METRICS)}")
+        for name in ("top_k", "trace_matvecs", "density_probes", "density_steps",
+                     "landscape_points", "landscape_grid"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
+        if self.trace_matvecs < 4:
+            raise InputError(f"trace_matvecs must be at least 4 (Hutch++), got {self.trace_matvecs}")
+        for name in ("landscape_radius", "random_radius", "tol"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
+                raise InputError(f"{name} must be a positive number, got {v!r}")
+        if self.dtype not in (None, "float32", "float64"):
+            raise InputError(f"dtype must be float32 or float64, got {self.dtype!r}")
+
+
+def resolve_config(config: AnalysisConfig | None, overrides: Mapping[str, Any]) -> AnalysisConfig:
+    """``config`` (default :class:`AnalysisConfig()`) with the fields in ``overrides``
+    replaced (e.g. ``{"top_k": 3}``); the result is checked like any new config."""
+    config = config or AnalysisConfig()
+    if overrides:
+        config = AnalysisConfig(**{**asdict(config), **overrides})
+    return config

@@ -1,0 +1,192 @@
+"""Writing an analysis folder: ``summary.json``, CSV tables, PNG figures and ``report.md``.
+
+:func:`write_analysis` writes everything into a temporary folder that replaces the
+target at the end (:func:`curvature.atomic.atomic_directory`), so an error never leaves
+a half-written report. The tables (one row per number, tidy form) are
+
+* ``eigenvalues.csv``: split, which end, rank, eigenvalue, residual, converged;
+* ``slq_nodes.csv``: the Gauss quadrature (node, weight) of every SLQ probe;
+* ``density.csv``: the broadened density on the grid the figure uses;
+* ``landscape_1d.csv`` / ``landscape_2d.csv``: loss (and accuracy) along lines / planes.
+
+The figures are drawn by :func:`curvature.plots.analysis_figures`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from curvature.atomic import atomic_directory
+from curvature.pipeline.summary import Analysis
+
+__all__ = ["format_value", "write_analysis"]
+
+
+def write_analysis(
+    analysis: Analysis,
+    out: str | os.PathLike,
+    *,
+    title: str = "Curvature analysis",
+    figures: bool = True,
+) -> Path:
+    """Write ``summary.json``, CSV tables, PNG figures and ``report.md`` into ``out``
+    (atomically: a temporary folder renamed over ``out`` at the end). Returns ``out``."""
+    summary = analysis.summary()
+    tables = _tables(analysis)
+    out = Path(out)
+    with atomic_directory(out) as tmp:
+        _write_into(tmp, analysis, summary, tables, title, figures)
+    return out
+
+
+def _write_into(folder: Path, analysis: Analysis, summary, tables, title, figures=True) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for name, df in tables.items():
+        df.to_csv(folder / name, index=False)
+    made = []
+    if figures:
+        from curvature.plots import analysis_figures
+
+        made = analysis_figures(analysis, folder)
+    (folder / "report.md").write_text(_report(analysis, summary, made, tables, title))
+
+
+def _tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
+    from curvature.plots import density_grid
+
+    eig, nodes, dens, lines, planes = [], [], [], [], []
+    densities = {s: a.density for s, a in analysis.splits.items() if a.density is not None}
+    grid, sigma = density_grid(list(densities.values())) if densities else (None, None)
+    for split, a in analysis.splits.items():
+        for which, r in (("largest", a.top), ("smallest", a.bottom)):
+            if r is None:
+                continue
+            for i, (v, res, ok) in enumerate(zip(r.values.tolist(), r.residuals.tolist(),
+                                                 r.converged_mask.tolist())):
+                eig.append({"split": split, "which": which, "rank": i + 1, "eigenvalue": v,
+                            "residual": res, "converged": bool(ok)})
+        if a.density is not None:
+            for p in range(a.density.nodes.shape[0]):
+                for node, weight in zip(a.density.nodes[p].tolist(),
+                                        a.density.weights[p].tolist()):
+                    nodes.append({"split": split, "probe": p, "node": node, "weight": weight})
+            values = a.density.evaluate(grid, sigma).tolist()
+            dens += [{"split": split, "eigenvalue": t, "density": d, "sigma": sigma}
+                     for t, d in zip(grid.tolist(), values)]
+        for name, land in a.lines.items():
+            acc = land.accuracy.tolist() if land.accuracy is not None else [None] * len(land.loss)
+            for alpha, loss, ac in zip(land.coords[0].tolist(), land.loss.tolist(), acc):
+                lines.append({"split": split, "direction": name, "alpha": alpha, "loss": loss,
+                              "accuracy": ac})
+        for name, land in a.planes.items():
+            A, B = land.coords
+            acc = land.accuracy
+            for i, alpha in enumerate(A.tolist()):
+                for j, beta in enumerate(B.tolist()):
+                    planes.append({"split": split, "plane": name, "alpha": alpha, "beta": beta,
+                                   "loss": float(land.loss[i, j]),
+                                   "accuracy": None if acc is None else float(acc[i, j])})
+    out = {}
+    for name, rows in (("eigenvalues.csv", eig), ("slq_nodes.csv", nodes), ("density.csv", dens),
+                       ("landscape_1d.csv", lines), ("landscape_2d.csv", planes)):
+        if rows:
+            out[name] = pd.DataFrame(rows)
+    return out
+
+
+def format_value(v: Any, digits: int = 4) -> str:
+    """``v`` as report text: ``digits`` significant digits for floats, "yes"/"no" for
+    booleans, "–" for ``None``."""
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _report(analysis: Analysis, summary: dict[str, Any], figures, tables, title: str) -> str:
+    cfg = analysis.config
+    lines = [f"# {title}", ""]
+    info = analysis.info
+    src = []
+    for key, label in (("checkpoint", "checkpoint"), ("factory", "model"),
+                       ("factory_kwargs", "model arguments"), ("data_spec", "data"),
+                       ("loss_name", "loss")):
+        if info.get(key) not in (None, {}, ""):
+            value = info[key]
+            text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+            src.append(f"- {label}: `{text}`")
+    meta = info.get("metadata") or {}
+    if meta:
+        keys = [k for k in ("optimizer", "step", "seed", "train_accuracy", "test_accuracy")
+                if k in meta]
+        hp = meta.get("hyperparameters")
+        src.append("- training: " + ", ".join(f"{k} {format_value(meta[k])}" for k in keys)
+                   + (f"; hyperparameters `{json.dumps(hp)}`" if hp else ""))
+    src.append(f"- {analysis.num_params} parameters, computed in {info.get('dtype')} on "
+               f"{info.get('device')} in {analysis.timings.get('total', 0):.1f} s")
+    lines += src + ["", "## Curvature", ""]
+    names = list(analysis.splits)
+    rows = [
+        ("examples", "num_examples", ""),
+        ("loss", "loss", ""),
+        ("accuracy", "accuracy", ""),
+        ("gradient norm", "grad_norm", ""),
+        ("λ_max (Lanczos)", "lambda_max", "converged_largest"),
+        ("λ_min (Lanczos)", "lambda_min", "converged_smallest"),
+        ("\\|λ_min\\| / λ_max", "negative_ratio", ""),
+        ("trace (Hutch++)", "trace", ""),
+    ]
+    per = {s: summary["splits"][s] for s in names}
+    lines.append("| quantity | " + " | ".join(names) + " |")
+    lines.append("| --- |" + " --- |" * len(names))
+    for label, key, conv in rows:
+        if not any(key in per[s] for s in names):
+            continue
+        cells = []
+        for s in names:
+            v = per[s].get(key)
+            cell = format_value(v)
+            if key == "trace" and v is not None:
+                cell = f"{v:.4g} ± {per[s]['trace_stderr']:.2g}"
+            if conv and per[s].get(conv) is False:
+                cell += " (not converged)"
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for s in names:
+        sc = per[s]
+        if "eigenvalues_largest" in sc:
+            lines.append(f"- {s}: largest eigenvalues "
+                         + ", ".join(format_value(v) for v in sc["eigenvalues_largest"])
+                         + "; smallest " + ", ".join(format_value(v) for v in sc["eigenvalues_smallest"])
+                         + f" (max residual {max(sc['residuals_largest'] + sc['residuals_smallest']):.2g})")
+        if sc.get("warnings"):
+            lines.append(f"- {s}: warnings: " + "; ".join(sc["warnings"]))
+    lines += [
+        "",
+        f"Lanczos: k = {cfg.top_k} at each end, relative residual tolerance {cfg.tol:g}. "
+        f"Hutch++: {cfg.trace_matvecs} products, error bar ± one standard error. "
+        f"SLQ: {cfg.density_probes} Rademacher probes × {cfg.density_steps} Lanczos steps. "
+        f"Seed {cfg.seed}. Products per quantity: `{json.dumps(summary.get('num_matvecs', {}))}`.",
+        "",
+    ]
+    if figures:
+        lines += ["## Figures", ""]
+        for name, caption in figures:
+            lines += [f"![{name}]({name})", "", f"*{caption}*", ""]
+    lines += ["## Files", "", "- `summary.json` — every number above, per split"]
+    lines += [f"- `{t}`" for t in tables]
+    lines.append("")
+    return "\n".join(lines)
