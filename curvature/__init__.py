@@ -19,7 +19,14 @@ from curvature.data import Dataset, load_dataset
 from curvature.dense import dense_hessian
 from curvature.density import SpectralDensity, spectral_density
 from curvature.eigen import eigenvalues
-from curvature.engine import DoubleBackwardError, NonFiniteLossError
+from curvature.errors import (
+    DoubleBackwardError,
+    InputError,
+    ModelFactoryError,
+    NonFiniteError,
+    NonFiniteLossError,
+    NonFiniteProductError,
+)
 from curvature.landscape import Landscape, loss_landscape_1d, loss_landscape_2d
 from curvature.models import MODELS, build_model, count_parameters
 from curvature.monitor import CurvatureMonitor
@@ -45,6 +52,10 @@ __all__ = [
     "EigenResult",
     "GGNOperator",
     "HessianOperator",
+    "InputError",
+    "ModelFactoryError",
+    "NonFiniteError",
+    "NonFiniteProductError",
     "NonFiniteLossError",
     "SpectralDensity",
     "TraceResult",

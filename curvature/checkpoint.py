@@ -55,6 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from curvature.atomic import atomic_write
+from curvature.errors import CheckpointError, CheckpointNotFoundError
 from curvature.models import (
     MODELS,
     ModelFactoryError,
@@ -76,14 +77,6 @@ FORMAT = "curvature-checkpoint"
 FORMAT_VERSION = 1
 _SAFETENSORS_KEY = "curvature"
 _BARE_KEYS = ("state_dict", "model_state_dict", "model")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be written, read or applied; the message names the problem."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """The checkpoint file does not exist."""
 
 
 @dataclass(frozen=True)

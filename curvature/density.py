@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from curvature._random import gaussian, make_generator, rademacher
 from curvature.eigen import _check_operator, _positive_int
+from curvature.errors import NonFiniteProductError
 from curvature.operators import CurvatureOperator
 
 __all__ = ["spectral_density", "SpectralDensity"]
@@ -214,7 +215,7 @@ def _block_lanczos_tridiagonals(
         scalars = torch.stack([a_t, b_t]).to("cpu", torch.float64).numpy()  # one host sync
         if not np.isfinite(scalars).all():
             bad = int(np.nonzero(~np.isfinite(scalars).all(0))[0][0])
-            raise FloatingPointError(
+            raise NonFiniteProductError(
                 f"spectral_density: Lanczos step {j + 1} of probe {first + bad}: the operator "
                 "returned a non-finite product (NaN or inf); check the model, the loss and the data"
             )

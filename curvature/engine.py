@@ -47,6 +47,7 @@ from curvature.batches import (  # noqa: F401  (re-exported: engine.as_batches, 
     model_args,
     to_device,
 )
+from curvature.errors import DoubleBackwardError, NonFiniteLossError
 
 _to = to_device  # the engine's historical name for the device/dtype move
 
@@ -73,14 +74,6 @@ class _PathChoice:
 
 
 _PATH_CHOICES: weakref.WeakKeyDictionary[nn.Module, _PathChoice] = weakref.WeakKeyDictionary()
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss of a batch is NaN or infinite (the message names the batch index)."""
-
-
-class DoubleBackwardError(RuntimeError):
-    """The model contains an operation without a second derivative."""
 
 
 @contextlib.contextmanager

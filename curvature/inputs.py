@@ -17,15 +17,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from curvature.errors import InputError
+
 __all__ = ["LOSSES", "InputError", "MeanSquaredError", "check_data_fits", "make_loss"]
 
 LOSSES = ("ce", "mse")
 """Loss names accepted by :func:`make_loss` (``--loss``)."""
-
-
-class InputError(ValueError):
-    """Bad input to the analysis (wrong data shape, missing data spec, bad folder...);
-    the message names the problem."""
 
 
 class MeanSquaredError(nn.MSELoss):

@@ -51,6 +51,7 @@ from curvature.engine import (
     eval_mode,
     to_device,
 )
+from curvature.errors import NonFiniteLossError
 
 __all__ = [
     "Landscape",
@@ -309,7 +310,7 @@ class _Evaluator:
         loss = total_loss / count
         if not bool(torch.isfinite(loss).all()):
             bad = int((~torch.isfinite(loss)).nonzero()[0, 0])
-            raise FloatingPointError(f"the loss is non-finite at grid point {bad}")
+            raise NonFiniteLossError(f"the loss is non-finite at grid point {bad}")
         return loss, (total_correct / count if classify else None)
 
 

@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from curvature.errors import ModelFactoryError
+
 __all__ = [
     "MODELS",
     "ModelFactoryError",
@@ -54,10 +56,6 @@ __all__ = [
     "vgg",
     "vit",
 ]
-
-
-class ModelFactoryError(ValueError):
-    """A model factory string does not name a callable that builds an ``nn.Module``."""
 
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {

@@ -11,11 +11,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from curvature.errors import ConvergenceWarning
+
 __all__ = ["ConvergenceWarning", "EigenResult", "TraceResult", "DiagonalResult"]
-
-
-class ConvergenceWarning(UserWarning):
-    """An iterative estimator stopped at its matvec budget before reaching its tolerance."""
 
 
 @dataclass(frozen=True, eq=False)

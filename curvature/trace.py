@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from curvature._random import make_generator, rademacher
 from curvature.eigen import _check_operator, _positive_int
+from curvature.errors import NonFiniteProductError
 from curvature.operators import CurvatureOperator
 from curvature.results import DiagonalResult, TraceResult
 
@@ -86,7 +87,7 @@ def _blocks(count: int, block_size: int) -> list[int]:
 
 def _finite(X: Tensor, what: str, start: int) -> None:
     if not bool(torch.isfinite(X).all()):
-        raise FloatingPointError(
+        raise NonFiniteProductError(
             f"{what}: the operator returned a non-finite product (NaN or inf) for probe "
             f"block starting at probe {start}; check the model, the loss and the data"
         )

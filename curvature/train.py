@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from curvature.checkpoint import save_checkpoint
 from curvature.data import Dataset, loader
+from curvature.errors import NonFiniteLossError
 from curvature.inputs import make_loss
 
 __all__ = [
@@ -331,7 +332,7 @@ def train(
             loss_value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
             if not math.isfinite(loss_value):
                 bar.close()
-                raise FloatingPointError(
+                raise NonFiniteLossError(
                     f"training diverged: the loss is {loss_value} at step {step} "
                     f"(optimizer {optimizer}, lr {lr}); lower the learning rate"
                 )
