@@ -159,20 +159,23 @@ def lanczos(
     """
     n = op.shape[0]
     m = basis_size
-    b = block_size(k, n, m, max_matvecs)
+    b_max = block_size(k, n, m, max_matvecs)
+    b = min(b_max, 1 if k == 1 else 2)
     dtype, device = op.dtype, op.device
     start_count = op.num_matvecs
     eps = torch.finfo(dtype).eps
     tiny = np.finfo(float).tiny
 
-    Q = torch.empty(n, m + b, dtype=dtype, device=device)
-    T = np.zeros((m + b, m + b))
-    C = np.zeros((b, m + b))  # coupling of the unexpanded block to the expanded columns
+    Q = torch.empty(n, m + b_max, dtype=dtype, device=device)
+    T = np.zeros((m + b_max, m + b_max))
+    C = np.zeros((b_max, m + b_max))  # coupling of the unexpanded block to expanded columns
     Q[:, :b] = torch.linalg.qr(gaussian(n, b, gen, dtype, device)).Q
     e, u = 0, b  # expanded columns Q[:, :e], unexpanded block Q[:, e:e+u]
     region = 0  # first column of the region started after the last invariant subspace
     anorm = 0.0  # running estimate of ||H||: the largest |Ritz value| seen
     steps = restarts = breakdowns = 0
+    settle = 0  # steps the run took until the wanted pairs first passed the residual test
+    hold_until = 0  # after the block grew: no convergence before this step
     converged = exhausted = False
     message = ""
     bar = tqdm(total=max_matvecs, desc="lanczos", disable=not progress, leave=False)
@@ -201,7 +204,8 @@ def lanczos(
             anorm = max(anorm, float(np.abs(theta).max()))
             Ur, sv, Vt = np.linalg.svd(host[u * u :].reshape(u, u))
             B = sv[:, None] * Vt  # W = (Q_W U_r) B
-            residuals = np.linalg.norm(B @ S[e:f, :], axis=0)  # true residuals ||C s_i||
+            # True residuals ||C s_i||, not resolved below the rounding of a product, eps |theta|.
+            residuals = np.hypot(np.linalg.norm(B @ S[e:f, :], axis=0), eps * np.abs(theta))
             live = sv > 10 * eps * max(anorm, tiny) * math.sqrt(f)
             full_space = f == n
             invariant = not live.any()
@@ -210,18 +214,35 @@ def lanczos(
             if callback is not None:
                 callback(used, theta[top])
             limit = tol * np.maximum(np.abs(theta[top]), RELATIVE_FLOOR * anorm)
-            if len(top) == k and np.all(residuals[top] <= limit):
-                if full_space or (
-                    (region == 0 and not invariant)
-                    or (region > 0 and _region_converged(theta, residuals, S, region, which, tol, anorm))
-                ):
-                    converged = True
+            passed = len(top) == k and bool(np.all(residuals[top] <= limit))
+            if passed and not full_space:
+                passed = (region == 0 and not invariant) or (
+                    region > 0 and _region_converged(theta, residuals, S, region, which, tol, anorm)
+                )
+            copies = _saturated(theta[top], limit, b) if passed and not full_space else 0
+            if passed and copies == 0 and (full_space or steps >= hold_until):
+                converged = True
+                message = (
+                    f"converged after {used} matvecs ({restarts} restarts, block size {b}"
+                    + (f", {breakdowns} invariant subspaces probed" if breakdowns else "")
+                    + ")"
+                )
+                break
+            if passed:
+                settle = settle or steps
+            if copies:
+                if b >= b_max:
                     message = (
-                        f"converged after {used} matvecs ({restarts} restarts, block size {b}"
-                        + (f", {breakdowns} invariant subspaces probed" if breakdowns else "")
-                        + ")"
+                        f"{copies} copies of one eigenvalue fill the block of {b} columns, so "
+                        "more copies may be missing from the wanted set; basis_size must be "
+                        f">= k + {copies + 1} to check (used {used} matvecs)"
                     )
                     break
+                # A wanted eigenvalue may have more copies than the block can see: grow the
+                # block with fresh random columns and give them as many steps as the first
+                # convergence took.
+                b = min(b_max, max(copies + 1, 2 * b))
+                hold_until = steps + settle
             if full_space:
                 # Every eigenvalue is a Ritz value here; missing tol means it is below
                 # working precision.
@@ -311,6 +332,20 @@ def lanczos(
         tol=tol,
         message=message,
     )
+
+
+def _saturated(theta: np.ndarray, limit: np.ndarray, b: int) -> int:
+    """Size of the largest cluster of ``>= b`` equal wanted values that excludes the last one.
+
+    ``theta`` holds the ``k`` wanted Ritz values (most wanted first); two are copies when
+    they differ by at most the sum of their residual limits. A block of ``b`` columns sees
+    at most ``b`` copies of an eigenvalue, so such a cluster may hide further copies that
+    would displace the last wanted values. 0 when there is none.
+    """
+    close = np.abs(theta[:, None] - theta[None, :]) <= limit[:, None] + limit[None, :]
+    counts = close.sum(1)
+    full = (counts >= b) & ~close[:, -1]
+    return int(counts[full].max()) if full.any() else 0
 
 
 def _region_converged(theta, residuals, S, region, which, tol, anorm) -> bool:
