@@ -25,7 +25,7 @@ Ritz pair ``(\theta_i, Q_E s_i)`` has the *true* residual
 .. math:: \|H y_i - \theta_i y_i\| = \|C s_i\|,
 
 read off without another product. ``T``, ``C`` and the small eigenproblem live on the host
-in float64; the only host read per step is ``[Q_U^T W, R]`` (``2 b^2`` numbers).
+in float64; the only host read per step is ``[Q_U^T H Q_U, R]`` (``2 b^2`` numbers).
 
 **Thick restart.** When the basis holds ``basis_size`` expanded columns, the ``p`` most
 wanted Ritz vectors ``Y = Q_E S_p`` are kept with ``T = \Theta_p`` and coupling ``C S_p``
@@ -40,33 +40,42 @@ block of ``b`` columns, ``P_\lambda X`` (the projection on the eigenspace of ``\
 has rank ``min(b, d)`` with probability one, so ``K_s(H, X)`` contains ``min(b, d)``
 orthonormal eigenvectors of ``\lambda`` and the block method finds that many copies (the
 convergence bounds of Saad 1980 for block Lanczos depend on the gap to the ``(b+1)``-th
-eigenvalue, not on multiplicities among the first ``b``). The block size is ``b = k``
-(capped by ``basis_size - k`` and the product budget): at most ``k`` copies of any eigenvalue
-can belong to the ``k`` wanted ones, so every copy that belongs in the answer is reachable.
-For ``k = 1`` this is plain Lanczos (the multiplicity of the top eigenvalue does not change
-the answer).
+eigenvalue, not on multiplicities among the first ``b``). Hence: if a converged cluster of
+equal wanted Ritz values (equal within their residual limits) has fewer than ``b`` members,
+it holds every copy (``min(b, d) < b`` forces ``d = min(b, d)``). A cluster of ``>= b``
+members that does not reach the ``k``-th wanted value may hide copies that belong in the
+answer; the block then grows (adaptive block size in the spirit of Ye 1996, "An adaptive
+block Lanczos algorithm") to ``max(c + 1, 2 b)`` columns (at most ``k``) with fresh random
+columns orthogonal to the basis, which get as many steps as the first convergence took
+before the run may stop. The block starts at ``b = 2`` (``b = 1``, plain Lanczos, for
+``k = 1``, where a multiplicity cannot change the answer): two columns also mean that a
+start vector orthogonal to a wanted eigenvector is not enough to miss it.
 
 **Breakdown.** A column of ``W`` that vanishes (singular value of ``R`` at most
-``10 eps ||H||_est sqrt(j)``) means that direction of the Krylov space is invariant; it is
-replaced by a fresh Gaussian vector orthogonal to the basis, with coupling 0, so the block
-keeps ``b`` live columns. When the *whole* block vanishes, the Krylov space is invariant and
-its Ritz pairs are exact -- but eigenvalues of the orthogonal complement (which a start
-block orthogonal to them cannot see) may still outrank them. Such an invariance is therefore
-never taken as convergence: a fresh random block orthogonal to the basis starts a new
-*region*, ``T`` stays block diagonal across its boundary, and convergence additionally
-requires the region's most wanted Ritz pair to pass the residual test (so the complement's
-extreme eigenvalue, as seen from a random start, is known and ranked). Only a basis that
-spans all ``n`` dimensions ends the run on invariance alone.
+``10 eps ||H||_est sqrt(j)``) means that direction of the Krylov space is exhausted; it is
+dropped and the block narrows (the space ``K(H, X)`` still holds its ``min(b, d)`` copies).
+When the *whole* block vanishes -- or its largest singular value is below a tenth of the
+smallest wanted residual limit, so that every Ritz pair passes only because nothing is left
+to find from this start -- the Krylov space is invariant and its Ritz pairs are exact, but
+eigenvalues of the orthogonal complement (which a start block orthogonal to them cannot
+see) may still outrank them. Such an invariance is therefore never taken as convergence: a
+fresh random block of ``b`` columns orthogonal to the basis starts a new *region*, ``T``
+stays block diagonal across its boundary, and convergence additionally requires the
+region's most wanted Ritz pair to pass the residual test (so the complement's extreme
+eigenvalue, as seen from a random start, is known and ranked). Only a basis that spans all
+``n`` dimensions ends the run on invariance alone. Couplings dropped this way are added to
+every later residual, which stays an upper bound of the true one.
 
 **Convergence** is declared when (i) the ``k`` wanted Ritz pairs have true residuals
 ``<= tol * max(|theta|, 1e-3 ||H||_est)`` (so each returned value is within its residual
-of an eigenvalue), (ii) the block held ``b >= k`` random columns, so no copy of a wanted
-eigenvalue is outside the Krylov space (argument above; with ``basis_size < 2k`` the block
-shrinks to ``basis_size - k`` and this guarantee covers multiplicities up to that size),
-and (iii) the run never stopped on an invariant subspace of dimension ``< n`` unless the
-fresh region started after it has its most wanted pair converged as well. As for any Krylov method, the check is
-probabilistic: a start block exactly orthogonal to an eigenvector of a full-rank operator
-(probability zero for Gaussian starts) cannot see it.
+of an eigenvalue; residuals are not resolved below the rounding ``eps |theta|`` of a
+product), (ii) no cluster of wanted values fills the block (argument above; the block
+cannot grow beyond ``basis_size - k`` columns, and a run that would need more stops with
+``converged=False`` and says so), (iii) fresh columns added by a growth have had their
+steps, and (iv) the run never stops on an invariant subspace of dimension ``< n`` unless
+the fresh region started after it has its most wanted pair converged as well. As for any
+Krylov method, the check is probabilistic: a start block exactly orthogonal to an
+eigenvector of a full-rank operator (probability zero for Gaussian starts) cannot see it.
 """
 
 from __future__ import annotations
@@ -101,7 +110,8 @@ def wanted_order(values: np.ndarray, which: str) -> np.ndarray:
 
 
 def block_size(k: int, n: int, basis_size: int, max_matvecs: int) -> int:
-    """Columns per Lanczos step: ``k``, capped by ``n``, the budget and ``basis_size - k``."""
+    """Largest block (columns per Lanczos step): ``k``, capped by ``n``, the budget and
+    ``basis_size - k`` (room for ``k`` kept Ritz vectors and one block)."""
     b = min(k, n, max_matvecs)
     if basis_size < n:
         b = min(b, basis_size - k)
@@ -173,9 +183,11 @@ def lanczos(
     e, u = 0, b  # expanded columns Q[:, :e], unexpanded block Q[:, e:e+u]
     region = 0  # first column of the region started after the last invariant subspace
     anorm = 0.0  # running estimate of ||H||: the largest |Ritz value| seen
+    dropped = 0.0  # norm of the couplings dropped at (near-)invariant directions
     steps = restarts = breakdowns = 0
     settle = 0  # steps the run took until the wanted pairs first passed the residual test
     hold_until = 0  # after the block grew: no convergence before this step
+    grow = 0  # fresh columns to add to the next block (the block grew)
     converged = exhausted = False
     message = ""
     bar = tqdm(total=max_matvecs, desc="lanczos", disable=not progress, leave=False)
@@ -205,15 +217,25 @@ def lanczos(
             Ur, sv, Vt = np.linalg.svd(host[u * u :].reshape(u, u))
             B = sv[:, None] * Vt  # W = (Q_W U_r) B
             # True residuals ||C s_i||, not resolved below the rounding of a product, eps |theta|.
-            residuals = np.hypot(np.linalg.norm(B @ S[e:f, :], axis=0), eps * np.abs(theta))
+            residuals = np.linalg.norm(B @ S[e:f, :], axis=0)
+            # Not resolved below the rounding of a product (eps |theta|) nor below the
+            # couplings dropped at earlier invariant directions.
+            residuals = np.sqrt(residuals**2 + (eps * theta) ** 2 + dropped**2)
             live = sv > 10 * eps * max(anorm, tiny) * math.sqrt(f)
             full_space = f == n
-            invariant = not live.any()
             order = wanted_order(theta, which)
             top = order[:k]
             if callback is not None:
                 callback(used, theta[top])
             limit = tol * np.maximum(np.abs(theta[top]), RELATIVE_FLOOR * anorm)
+            if len(top) == k and sv.max() <= 0.1 * limit.min():
+                # The whole Krylov space is invariant to well within the tolerance: every
+                # Ritz pair in it is converged because nothing is left to find from this
+                # start, not because the wanted ones were found. Treat it as invariant.
+                live[:] = False
+            invariant = not live.any()
+            if not live.all():
+                dropped = math.hypot(dropped, float(sv[~live].max()))
             passed = len(top) == k and bool(np.all(residuals[top] <= limit))
             if passed and not full_space:
                 passed = (region == 0 and not invariant) or (
@@ -241,7 +263,8 @@ def lanczos(
                 # A wanted eigenvalue may have more copies than the block can see: grow the
                 # block with fresh random columns and give them as many steps as the first
                 # convergence took.
-                b = min(b_max, max(copies + 1, 2 * b))
+                b_new = min(b_max, max(copies + 1, 2 * b))
+                grow, b = b_new - b, b_new
                 hold_until = steps + settle
             if full_space:
                 # Every eigenvalue is a Ritz value here; missing tol means it is below
@@ -251,10 +274,13 @@ def lanczos(
                     f"residuals did not reach tol = {tol:g} (below working precision?)"
                 )
                 break
-            # The next block: live directions of W, then fresh random vectors in place of
+            # The next block: live directions of W (vanished ones are dropped: that part of
+            # the Krylov space is exhausted), then fresh random vectors when the block grew,
+            # or a whole fresh block (a new region) when the space is invariant.
             # the vanished ones (coupling 0), as far as the complement has room.
             n_live = int(live.sum())
-            fresh = min(b - n_live, n - f - n_live)
+            fresh = min(b if invariant else grow, n - f - n_live)
+            grow = 0
             if invariant:
                 breakdowns += 1
                 region = f  # T stays block diagonal across f: the fresh block is a new region
