@@ -181,6 +181,7 @@ def lanczos(
     C = np.zeros((b_max, m + b_max))  # coupling of the unexpanded block to expanded columns
     Q[:, :b] = torch.linalg.qr(gaussian(n, b, gen, dtype, device)).Q
     e, u = 0, b  # expanded columns Q[:, :e], unexpanded block Q[:, e:e+u]
+    G = torch.zeros(0, 0, dtype=dtype, device=device)  # see U_next below
     region = 0  # first column of the region started after the last invariant subspace
     anorm = 0.0  # running estimate of ||H||: the largest |Ritz value| seen
     dropped = 0.0  # norm of the couplings dropped at (near-)invariant directions
@@ -198,7 +199,8 @@ def lanczos(
             steps += 1
             W, h = _orthogonalise(Q[:, : e + u], P)
             Qw, R = torch.linalg.qr(W)
-            host = torch.cat([h[e : e + u].reshape(-1), R.reshape(-1)])
+            scale = torch.linalg.matrix_norm(P).reshape(1)  # ||H Q_U||_F: rounding scale of W
+            host = torch.cat([h[e : e + u].reshape(-1), R.reshape(-1), G.reshape(-1), scale])
             host = host.to("cpu", torch.float64).numpy()  # the one host read per step
             used = op.num_matvecs - start_count
             if not np.isfinite(host).all():
@@ -209,19 +211,22 @@ def lanczos(
                 )
             f = e + u
             D = host[: u * u].reshape(u, u)
+            g = G.shape[0]
+            C[:g, :e] = host[2 * u * u : 2 * u * u + g * g].reshape(g, g) @ C[:g, :e]
             T[e:f, e:f] = 0.5 * (D + D.T)
             T[e:f, :e] = C[:u, :e]
             T[:e, e:f] = C[:u, :e].T
             theta, S = _ritz(T[:f, :f], region)
             anorm = max(anorm, float(np.abs(theta).max()))
-            Ur, sv, Vt = np.linalg.svd(host[u * u :].reshape(u, u))
+            Ur, sv, Vt = np.linalg.svd(host[u * u : 2 * u * u].reshape(u, u))
             B = sv[:, None] * Vt  # W = (Q_W U_r) B
-            # True residuals ||C s_i||, not resolved below the rounding of a product, eps |theta|.
             residuals = np.linalg.norm(B @ S[e:f, :], axis=0)
             # Not resolved below the rounding of a product (eps |theta|) nor below the
             # couplings dropped at earlier invariant directions.
             residuals = np.sqrt(residuals**2 + (eps * theta) ** 2 + dropped**2)
-            live = sv > 10 * eps * max(anorm, tiny) * math.sqrt(f)
+            # A direction of W at the rounding level of the products is no direction: W's
+            # columns are orthogonal to the basis only to eps ||H Q_U||.
+            live = sv > 10 * eps * max(anorm, host[-1], tiny) * math.sqrt(f)
             full_space = f == n
             order = wanted_order(theta, which)
             top = order[:k]
@@ -300,6 +305,15 @@ def lanczos(
                 )
                 break
             U_next = Qw @ torch.as_tensor(Ur[:, live], dtype=dtype, device=device)
+            if n_live:
+                # Combinations W v / sigma amplify W's rounding-level components along the
+                # basis by ||W|| / sigma; one more pass restores orthogonality and changes the
+                # recurrence only at the rounding level (eps ||W||). U_next = U' G with G
+                # (upper triangular) read with the next step's numbers: the coupling becomes
+                # G B.
+                U_next, G = torch.linalg.qr(_orthogonalise(Q[:, :f], U_next)[0])
+            else:
+                G = G[:0, :0]
             if fresh > 0:
                 Z = _random_orthogonal(torch.cat([Q[:, :f], U_next], dim=1), fresh, gen)
                 U_next = torch.cat([U_next, Z], dim=1)
