@@ -226,7 +226,8 @@ def lanczos(
             residuals = np.sqrt(residuals**2 + (eps * theta) ** 2 + dropped**2)
             # A direction of W at the rounding level of the products is no direction: W's
             # columns are orthogonal to the basis only to eps ||H Q_U||.
-            live = sv > 10 * eps * max(anorm, host[-1], tiny) * math.sqrt(f)
+            rounding = 10 * eps * max(anorm, host[-1], tiny) * math.sqrt(f)
+            live = sv > rounding
             full_space = f == n
             order = wanted_order(theta, which)
             top = order[:k]
@@ -239,13 +240,26 @@ def lanczos(
                 # start, not because the wanted ones were found. Treat it as invariant.
                 live[:] = False
             invariant = not live.any()
-            if not live.all():
+            if (~live & (sv > rounding)).any():  # dropped above the rounding level
                 dropped = math.hypot(dropped, float(sv[~live].max()))
-            passed = len(top) == k and bool(np.all(residuals[top] <= limit))
+            passed = res_ok = len(top) == k and bool(np.all(residuals[top] <= limit))
             if passed and not full_space:
                 passed = (region == 0 and not invariant) or (
-                    region > 0 and _region_converged(theta, residuals, S, region, which, tol, anorm)
+                    region > 0
+                    and _region_done(theta, residuals, S, region, which, theta[top[-1]], invariant, tol, anorm)
                 )
+            if (
+                not res_ok
+                and invariant
+                and len(top) == k
+                and np.all(residuals[top] <= np.maximum(limit, rounding))
+            ):
+                message = (
+                    f"the wanted Ritz pairs are exact to the rounding level {rounding:.2g} of "
+                    f"{str(dtype)[6:]} products after {used} matvecs, but tol = {tol:g} asks "
+                    "for smaller residuals (below working precision; raise tol or use float64)"
+                )
+                break
             copies = _saturated(theta[top], limit, b) if passed and not full_space else 0
             if passed and copies == 0 and (full_space or steps >= hold_until):
                 converged = True
@@ -388,17 +402,29 @@ def _saturated(theta: np.ndarray, limit: np.ndarray, b: int) -> int:
     return int(counts[full].max()) if full.any() else 0
 
 
-def _region_converged(theta, residuals, S, region, which, tol, anorm) -> bool:
-    """The most wanted Ritz pair of the region after the last invariant subspace passed.
+def _region_done(theta, residuals, S, region, which, kth, invariant, tol, anorm) -> bool:
+    """The region started after the last invariant subspace holds nothing beyond the k-th.
 
-    The region's Ritz vectors are the columns of ``S`` supported on rows ``>= region``;
-    an empty region (its fresh block not yet multiplied) has not converged.
+    Its most wanted Ritz pair (the columns of ``S`` supported on rows ``>= region``) has
+    passed the residual test, or -- the region's own Krylov space being invariant too, so
+    all its Ritz values are eigenvalues to within their residuals -- it ranks below the
+    ``k``-th wanted value by more than its residual. An empty region (its fresh block not
+    yet multiplied) is not done.
     """
     inside = np.flatnonzero(np.abs(S[region:, :]).sum(0) > 0)
     if inside.size == 0:
         return False
     best = inside[wanted_order(theta[inside], which)[0]]
-    return bool(residuals[best] <= tol * max(abs(theta[best]), RELATIVE_FLOOR * anorm))
+    if residuals[best] <= tol * max(abs(theta[best]), RELATIVE_FLOOR * anorm):
+        return True
+    if not invariant:
+        return False
+    t, r = theta[best], residuals[best]
+    if which == "largest":
+        return bool(t + r < kth)
+    if which == "smallest":
+        return bool(t - r > kth)
+    return bool(abs(t) + r < abs(kth))
 
 
 def _worst_ratio(theta, residuals, top, k, anorm, tol) -> float:
