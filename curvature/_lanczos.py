@@ -274,9 +274,10 @@ def lanczos(
             if copies:
                 if b >= b_max:
                     message = (
-                        f"{copies} copies of one eigenvalue fill the block of {b} columns, so "
-                        "more copies may be missing from the wanted set; basis_size must be "
-                        f">= k + {copies + 1} to check (used {used} matvecs)"
+                        f"a cluster of {copies} equal wanted values fills the block of {b} "
+                        "column(s), so further copies of that eigenvalue may be missing from "
+                        f"the wanted set; basis_size >= k + {copies + 1} lets the block grow "
+                        f"to check (used {used} matvecs)"
                     )
                     break
                 # A wanted eigenvalue may have more copies than the block can see: grow the

@@ -260,7 +260,7 @@ def test_block_too_small_to_certify_copies_is_refused():
     # two columns: two copies are found and the answer is refused, not claimed.
     eigs, k = spectrum(4, "end-more", "largest", 100, 0)
     op = operator(eigs, 0)
-    with pytest.warns(ConvergenceWarning, match="copies"):
+    with pytest.warns(ConvergenceWarning, match="further copies"):
         res = eigenvalues(op, k, seed=0, basis_size=k + 2)
     assert not res.converged
     assert "basis_size" in res.message
