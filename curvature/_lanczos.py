@@ -73,9 +73,14 @@ product), (ii) no cluster of wanted values fills the block (argument above; the 
 cannot grow beyond ``basis_size - k`` columns, and a run that would need more stops with
 ``converged=False`` and says so), (iii) fresh columns added by a growth have had their
 steps, and (iv) the run never stops on an invariant subspace of dimension ``< n`` unless
-the fresh region started after it has its most wanted pair converged as well. As for any
-Krylov method, the check is probabilistic: a start block exactly orthogonal to an
-eigenvector of a full-rank operator (probability zero for Gaussian starts) cannot see it.
+the fresh region started after it is done: its most wanted pair passed the residual test,
+or the region became invariant too and its most wanted value ranks below the ``k``-th by
+more than its residual. An invariant space whose wanted residuals are at the rounding
+level of the dtype but above ``tol`` ends with ``converged=False`` ("below working
+precision") instead of spending the budget. As for any Krylov method, the check is
+probabilistic: a start block exactly orthogonal to an eigenvector of a full-rank operator
+(probability zero for Gaussian starts) cannot see it, and with a tight ``basis_size`` a
+bulk eigenvalue close to the ``k``-th can be passed over like in single-vector Lanczos.
 """
 
 from __future__ import annotations
