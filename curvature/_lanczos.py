@@ -25,8 +25,8 @@ Ritz pair ``(\theta_i, Q_E s_i)`` has the *true* residual
 .. math:: \|H y_i - \theta_i y_i\| = \|C s_i\|,
 
 read off without another product. ``T``, ``C`` and the small eigenproblem live on the host
-in float64; the only host read per step is ``Q_U^T H Q_U``, ``R``, the re-orthogonalisation factor of the
-previous block and ``||H Q_U||_F`` (about ``3 b^2`` numbers).
+in float64; the only host read per step is ``Q_U^T H Q_U``, ``R``, the re-orthogonalisation
+factor of the previous block and ``||H Q_U||_F`` (about ``3 b^2`` numbers).
 
 **Thick restart.** When the basis holds ``basis_size`` expanded columns, the ``p`` most
 wanted Ritz vectors ``Y = Q_E S_p`` are kept with ``T = \Theta_p`` and coupling ``C S_p``
