@@ -1,7 +1,7 @@
 """Extreme eigenvalues of a curvature operator: Lanczos (default) or power iteration.
 
-The algorithms live in :mod:`curvature._lanczos` (thick-restart Lanczos with full
-reorthogonalisation) and :mod:`curvature._power` (deflated, shifted power
+The algorithms live in :mod:`curvature._lanczos` (block thick-restart Lanczos with full
+reorthogonalisation, which finds every copy of a repeated eigenvalue) and :mod:`curvature._power` (deflated, shifted power
 iteration); this module checks the arguments and dispatches.
 """
 
@@ -69,9 +69,14 @@ def eigenvalues(
         magnitude is never returned as the largest; ``"smallest"`` finds negative
         curvature); ``"magnitude"`` ranks by ``|lambda|``.
     method : {"lanczos", "power"}
-        Thick-restart Lanczos with full reorthogonalisation (``O(sqrt(kappa))``
+        Block thick-restart Lanczos with full reorthogonalisation (``O(sqrt(kappa))``
         products), or power iteration with deflation and a spectral shift
-        (``O(kappa)`` products; a baseline).
+        (``O(kappa)`` products; a baseline). Both return every copy of a repeated
+        eigenvalue (weight tying and symmetric architectures make them common):
+        Lanczos multiplies a block of random vectors (1 for ``k = 1``, else 2, grown
+        towards ``k`` while a cluster of copies fills it) and, when its Krylov space
+        becomes invariant, continues from fresh random vectors orthogonal to it; see
+        :mod:`curvature._lanczos` for the argument behind ``converged``.
     tol : float
         Relative residual tolerance: pair ``i`` has converged when
 
@@ -90,12 +95,15 @@ def eigenvalues(
     progress : bool
         Show a tqdm bar of the products spent.
     basis_size : int, optional
-        Lanczos only: Krylov basis columns kept in memory (``n * (basis_size + 1)``
-        numbers) before a thick restart; default ``min(n, max(2k + 10, k + 30))``,
-        lowered (not below ``k + 10``) to keep the basis under ``2**29`` numbers.
+        Lanczos only: Krylov basis columns kept in memory (``n * (basis_size + b)``
+        numbers, ``b <= min(k, basis_size - k)`` the block size) before a thick restart;
+        default ``min(n, max(2k + 10, k + 30))``, lowered (not below ``k + 10``) to keep
+        the basis under ``2**29`` numbers. Below ``2k`` it limits the block, and with it
+        the multiplicity that can be certified.
     callback : callable, optional
-        ``callback(num_matvecs, values)`` after every product with the current
-        estimates of the wanted values (for convergence studies).
+        ``callback(num_matvecs, values)`` after every product (Lanczos: every block
+        product) with the current estimates of the wanted values (for convergence
+        studies).
 
     Returns
     -------
