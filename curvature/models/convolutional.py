@@ -49,6 +49,15 @@ def classifier(width: int, hidden: Sequence[int], num_classes: int, dropout: flo
     return layers
 
 
+def _head_arguments(in_channels: int, num_classes: int, input_size: int, hidden: Sequence[int],
+                    dropout: float) -> tuple[int, list[int], float]:
+    """Check the arguments :func:`cnn` and :func:`vgg` share; ``(input_size, hidden,
+    dropout)`` as checked values."""
+    positive_ints(in_channels=in_channels, num_classes=num_classes)
+    return (positive_int(input_size, "input_size"), int_list(hidden, "hidden"),
+            probability(dropout, "dropout"))
+
+
 def cnn(
     in_channels: int = 1,
     num_classes: int = 10,
@@ -84,14 +93,11 @@ def cnn(
         ``nn.Sequential`` mapping ``[N, in_channels, input_size, input_size]`` to
         ``[N, num_classes]``.
     """
-    positive_ints(in_channels=in_channels, num_classes=num_classes)
+    size, dense, p = _head_arguments(in_channels, num_classes, input_size, hidden, dropout)
     chans = int_list(channels, "channels")
-    size = positive_int(input_size, "input_size")
     k = positive_int(kernel_size, "kernel_size")
     if k % 2 == 0:
         raise ValueError(f"kernel_size must be odd, got {k}")
-    dense = int_list(hidden, "hidden")
-    p = probability(dropout, "dropout")
     if size >> len(chans) < 1:
         raise ValueError(
             f"input_size {size} is too small for {len(chans)} pooling blocks "
@@ -130,13 +136,10 @@ def vgg(
         dropout: dropout probability before every dense layer.
 
     Returns:
-        ``nn.Sequential`` mapping ``[N, in_channels, input_size, input_size]`` to
+        ``nn.Sequential``, images ``[N, in_channels, input_size, input_size]`` to logits
         ``[N, num_classes]``.
     """
-    positive_ints(in_channels=in_channels, num_classes=num_classes)
-    size = positive_int(input_size, "input_size")
-    dense = int_list(hidden, "hidden")
-    p = probability(dropout, "dropout")
+    size, dense, p = _head_arguments(in_channels, num_classes, input_size, hidden, dropout)
     if isinstance(cfg, str) or not isinstance(cfg, Sequence):
         raise ValueError(f"cfg must be a list of channel counts and 'M', got {cfg!r}")
     layers: list[nn.Module] = []

@@ -102,14 +102,8 @@ def resnet(
     return nn.Sequential(*layers)
 
 
-def resnet20(
-    num_classes: int = 10,
-    width: int = 16,
-    in_channels: int = 3,
-    *,
-    shortcut: str = "A",
-    batchnorm: bool = True,
-) -> nn.Sequential:
+def resnet20(num_classes: int = 10, width: int = 16, in_channels: int = 3, *,
+             shortcut: str = "A", batchnorm: bool = True) -> nn.Sequential:
     """ResNet-20 for CIFAR (:func:`resnet` with ``depth=20``); ``width=16`` is the
     original 0.27M-parameter network, smaller widths give proportionally smaller ones."""
     return resnet(20, num_classes, width, in_channels, shortcut=shortcut, batchnorm=batchnorm)
