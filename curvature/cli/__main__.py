@@ -1,0 +1,8 @@
+"""``python -m curvature.cli`` (and ``torchrun ... -m curvature.cli``): the ``curvature``
+command."""
+
+import sys
+
+from curvature.cli import main
+
+sys.exit(main())
