@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from curvature import plots
-from curvature.density import SpectralDensity
+from curvature.results import SpectralDensity
 from curvature.landscape import Landscape
 
 PNG = b"\x89PNG\r\n\x1a\n"
