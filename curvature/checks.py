@@ -5,7 +5,8 @@ the argument and what it got: :class:`TypeError` for a value of the wrong kind (
 caller asks for another class), :class:`ValueError` for a value out of range.
 
 * :func:`operator`: a :class:`~curvature.operators.CurvatureOperator`, returning ``n``;
-* :func:`positive_int`: an integer ``>= 1`` (``bool`` is not an integer here);
+* :func:`integer` and :func:`positive_int`: an integer, or one ``>= 1`` (``bool`` is not
+  an integer here);
 * :func:`choice`: one of a fixed set of names;
 * :func:`tolerance`: a relative tolerance in ``(0, 1)``.
 """
@@ -19,7 +20,7 @@ import numpy as np
 
 from curvature.operators import CurvatureOperator
 
-__all__ = ["choice", "operator", "positive_int", "tolerance"]
+__all__ = ["choice", "integer", "operator", "positive_int", "tolerance"]
 
 
 def operator(op: object, caller: str) -> int:
@@ -37,21 +38,37 @@ def operator(op: object, caller: str) -> int:
     return op.shape[0]
 
 
-def positive_int(
-    value: object, name: str, *, not_int: type[Exception] = TypeError
-) -> int:
-    """``value`` as an ``int >= 1`` (Python or NumPy integers; ``bool`` is refused).
+def integer(value: object, name: str, *, not_int: type[Exception] = TypeError) -> int:
+    """``value`` as an ``int`` (Python or NumPy integers; ``bool`` is refused); for callers
+    that check the range themselves with a more specific message (``1 <= k <= n``).
 
     Raises:
         not_int: ``value`` is not an integer (:class:`TypeError` unless the caller's
             contract says otherwise: the model zoo raises :class:`ValueError`).
-        ValueError: ``value < 1``.
     """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise not_int(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def positive_int(value: object, name: str, *, not_int: type[Exception] = TypeError) -> int:
+    """``value`` as an ``int >= 1`` (see :func:`integer` for the accepted kinds).
+
+    >>> positive_int(3, "k")
+    3
+    >>> positive_int(0, "k")
+    Traceback (most recent call last):
+    ...
+    ValueError: k must be a positive integer, got 0
+
+    Raises:
+        not_int: ``value`` is not an integer (:class:`TypeError` by default).
+        ValueError: ``value < 1``.
+    """
+    value = integer(value, name, not_int=not_int)
     if value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return value
 
 
 def choice(value: object, name: str, options: Sequence[str]) -> str:

@@ -123,7 +123,7 @@ def eigenvalues(
         ``FloatingPointError``.
     """
     n = checks.operator(op, "eigenvalues")
-    k = checks.positive_int(k, "k")
+    k = checks.integer(k, "k")
     if not 1 <= k <= n:
         raise ValueError(f"k must satisfy 1 <= k <= n = {n}, got k = {k}")
     checks.choice(which, "which", WHICH)
@@ -314,7 +314,7 @@ def spectral_density(
         ``nodes``/``weights`` (Tensor[num_probes, num_steps]), ``evaluate``, ``plot``.
     """
     n = checks.operator(op, "spectral_density")
-    m = checks.positive_int(num_steps, "num_steps")
+    m = checks.integer(num_steps, "num_steps")
     p = checks.positive_int(num_probes, "num_probes")
     if not 1 <= m <= n:
         raise ValueError(f"num_steps must satisfy 1 <= num_steps <= n = {n}, got {m}")

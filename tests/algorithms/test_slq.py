@@ -1,8 +1,10 @@
-"""Stochastic Lanczos quadrature against exact spectra; agreement with PyHessian."""
+"""Stochastic Lanczos quadrature (:mod:`curvature.algorithms.slq`) and ``SpectralDensity``
+against exact spectra; agreement with PyHessian."""
 
 from __future__ import annotations
 
 import copy
+import doctest
 import math
 
 import matplotlib
@@ -13,27 +15,20 @@ import torch.nn.functional as F
 from scipy.stats import wasserstein_distance
 from torch import nn
 
-from curvature._random import make_generator, rademacher
+from curvature.algorithms import slq as slq_module
+from curvature.algorithms.probes import make_generator, rademacher
 from curvature.dense import dense_hessian
-from curvature.density import SpectralDensity, spectral_density
-from curvature.eigen import eigenvalues
+from curvature.estimators import eigenvalues, spectral_density, trace
 from curvature.operators import CurvatureOperator, DenseOperator, HessianOperator
-from curvature.trace import trace
+from curvature.results import SpectralDensity
+
+from .conftest import designed, outlier_spectrum
 
 matplotlib.use("Agg")
 
 
-def designed(eigs, seed: int = 0) -> DenseOperator:
-    eigs = np.asarray(eigs, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    Q, _ = np.linalg.qr(rng.standard_normal((len(eigs), len(eigs))))
-    A = (Q * eigs) @ Q.T
-    return DenseOperator(torch.tensor(0.5 * (A + A.T)))
-
-
-def outlier_spectrum(n: int = 300, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.concatenate([[50.0, 30.0, 20.0, 10.0, 5.0], rng.uniform(-0.1, 1.0, n - 5)])
+def test_doctest():
+    assert doctest.testmod(slq_module).failed == 0
 
 
 @pytest.fixture(scope="module")
