@@ -26,7 +26,6 @@ float64, and the estimate does not depend on the blocking.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from curvature import checks
@@ -39,21 +38,7 @@ from curvature.algorithms.probes import (
 from curvature.operators import CurvatureOperator
 from curvature.results import DiagonalResult, TraceResult
 
-__all__ = ["hutchinson_diagonal", "hutchinson_trace", "quadratic_forms"]
-
-
-def quadratic_forms(
-    op: CurvatureOperator,
-    count: int,
-    gen: torch.Generator,
-    block_size: int,
-    bar: tqdm,
-    what: str,
-) -> Tensor:
-    """``z_i^T H z_i`` for ``count`` Rademacher ``z_i`` (Tensor[count], float64 on the host)."""
-    out = [(Z.double() * HZ.double()).sum(0)
-           for Z, HZ in rademacher_products(op, count, gen, block_size, bar, what)]
-    return torch.cat(out).cpu()
+__all__ = ["hutchinson_diagonal", "hutchinson_trace"]
 
 
 def hutchinson_trace(
@@ -90,8 +75,10 @@ def hutchinson_trace(
     start_count = op.num_matvecs
     with tqdm(total=num_matvecs, desc="trace (hutchinson)", disable=not progress,
               leave=False) as bar:
-        samples = quadratic_forms(op, num_matvecs, gen, block_size, bar, "trace (hutchinson)")
-    estimate, stderr = mean_stderr(samples)
+        forms = [(Z.double() * HZ.double()).sum(0)  # z_i^T H z_i, float64
+                 for Z, HZ in rademacher_products(op, num_matvecs, gen, block_size, bar,
+                                                  "trace (hutchinson)")]
+    estimate, stderr = mean_stderr(torch.cat(forms).cpu())
     return TraceResult(
         estimate=estimate,
         stderr=stderr,
