@@ -114,11 +114,17 @@ def exact_trace(op: DenseOperator) -> float:
     return float(torch.trace(op.matrix))
 
 
-def trace_problem():
-    """A small tanh MLP (float64) on 48 random examples, 3 classes: model, loss, data."""
+def small_problem(num_examples: int, hidden: int, seed: int, dtype: torch.dtype = torch.float64):
+    """A tanh MLP ``5 -> hidden -> 3`` (weights seeded by ``seed``) with cross-entropy on
+    ``num_examples`` random examples (seeded by 0): ``(model, loss_fn, (x, y))``."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(48, 5, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 3, (48,), generator=g)
-    torch.manual_seed(1)
-    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x = torch.randn(num_examples, 5, generator=g, dtype=dtype)
+    y = torch.randint(0, 3, (num_examples,), generator=g)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, hidden), nn.Tanh(), nn.Linear(hidden, 3)).to(dtype)
     return model, F.cross_entropy, (x, y)
+
+
+def trace_problem():
+    """The trace tests' Hessian: :func:`small_problem` with 48 examples, 6 hidden, float64."""
+    return small_problem(48, 6, seed=1)

@@ -14,7 +14,7 @@ from curvature.estimators import eigenvalues
 from curvature.operators import CurvatureOperator, DenseOperator, HessianOperator
 from curvature.results import ConvergenceWarning
 
-from .conftest import check_pairs, designed_with_spectrum, outlier_spectrum, truth
+from .conftest import check_pairs, designed_with_spectrum, outlier_spectrum, small_problem, truth
 
 METHODS = ["lanczos", "power"]
 
@@ -90,18 +90,9 @@ def test_reproducible_from_seed(method):
 
 
 # ------------------------------------------------------------------ dense Hessians
-def small_problem():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 5, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 3, (64,), generator=g)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
-    return model, F.cross_entropy, (x, y)
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_hessian_of_small_model(method):
-    model, loss_fn, data = small_problem()
+    model, loss_fn, data = small_problem(64, 8, seed=0)
     H = dense_hessian(model, loss_fn, data).numpy()
     eigs = np.linalg.eigvalsh(H)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -11,9 +11,7 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from scipy.stats import wasserstein_distance
-from torch import nn
 
 from curvature.algorithms import slq as slq_module
 from curvature.algorithms.probes import make_generator, rademacher
@@ -22,7 +20,7 @@ from curvature.estimators import eigenvalues, spectral_density, trace
 from curvature.operators import CurvatureOperator, DenseOperator, HessianOperator
 from curvature.results import SpectralDensity
 
-from .conftest import designed, outlier_spectrum
+from .conftest import designed, outlier_spectrum, small_problem
 
 matplotlib.use("Agg")
 
@@ -133,17 +131,8 @@ def test_plot_log_axis_with_extremes_marked(outliers):
     plt.close("all")
 
 
-def small_problem():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 5, generator=g)
-    y = torch.randint(0, 3, (64,), generator=g)
-    torch.manual_seed(2)
-    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
-    return model, F.cross_entropy, (x, y)
-
-
 def test_hessian_density_extremes():
-    model, loss_fn, data = small_problem()
+    model, loss_fn, data = small_problem(64, 8, seed=2, dtype=torch.float32)
     eigs = np.linalg.eigvalsh(dense_hessian(model, loss_fn, data).numpy())
     op = HessianOperator(model, loss_fn, data, dtype=torch.float64)
     sd = spectral_density(op, num_steps=40, num_probes=4, seed=0)
@@ -207,7 +196,7 @@ def _torch_eig_shim(A, eigenvectors=False):
 @pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
 def test_agreement_with_pyhessian(monkeypatch):
     pyhessian = pytest.importorskip("pyhessian")
-    model, loss_fn, data = small_problem()
+    model, loss_fn, data = small_problem(64, 8, seed=2, dtype=torch.float32)
     eigs = np.linalg.eigvalsh(dense_hessian(model, loss_fn, data).numpy())
     # PyHessian leaves create_graph gradients on the model: give it a copy (float32; it
     # draws float32 probes).
