@@ -1,4 +1,4 @@
-"""Argument checks shared by every estimator and the model zoo, in one room.
+"""Argument checks shared by every estimator and its front door, in one room.
 
 Each check returns the value in its canonical form or raises one error whose message names
 the argument and what it got: :class:`TypeError` for a value of the wrong kind (unless the
@@ -44,7 +44,7 @@ def integer(value: object, name: str, *, not_int: type[Exception] = TypeError) -
 
     Raises:
         not_int: ``value`` is not an integer (:class:`TypeError` unless the caller's
-            contract says otherwise: the model zoo raises :class:`ValueError`).
+            contract says otherwise, e.g. :class:`ValueError` for every bad zoo argument).
     """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise not_int(f"{name} must be an int, got {type(value).__name__} {value!r}")

@@ -38,7 +38,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from curvature.checks import positive_int
 from curvature.errors import ModelFactoryError
 
 __all__ = [
@@ -81,12 +80,18 @@ def _activation(name: str) -> nn.Module:
         ) from None
 
 
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def _int_list(name: str, value: Any, *, allow_empty: bool = True) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, Sequence) or isinstance(value, str):
         raise ValueError(f"{name} must be a list of positive integers, got {value!r}")
-    out = [positive_int(v, f"{name}[{i}]", not_int=ValueError) for i, v in enumerate(value)]
+    out = [_positive_int(f"{name}[{i}]", v) for i, v in enumerate(value)]
     if not out and not allow_empty:
         raise ValueError(f"{name} must not be empty")
     return out
@@ -127,8 +132,8 @@ def mlp(
     Returns:
         ``nn.Sequential`` mapping ``[N, in_features]`` to logits ``[N, num_classes]``.
     """
-    widths = [positive_int(in_features, "in_features", not_int=ValueError), *_int_list("hidden", hidden)]
-    positive_int(num_classes, "num_classes", not_int=ValueError)
+    widths = [_positive_int("in_features", in_features), *_int_list("hidden", hidden)]
+    _positive_int("num_classes", num_classes)
     p = _probability("dropout", dropout)
     layers: list[nn.Module] = [nn.Flatten()]
     for a, b in zip(widths[:-1], widths[1:]):
@@ -180,11 +185,11 @@ def cnn(
         ``nn.Sequential`` mapping ``[N, in_channels, input_size, input_size]`` to
         ``[N, num_classes]``.
     """
-    positive_int(in_channels, "in_channels", not_int=ValueError)
-    positive_int(num_classes, "num_classes", not_int=ValueError)
+    _positive_int("in_channels", in_channels)
+    _positive_int("num_classes", num_classes)
     chans = _int_list("channels", channels)
-    size = positive_int(input_size, "input_size", not_int=ValueError)
-    k = positive_int(kernel_size, "kernel_size", not_int=ValueError)
+    size = _positive_int("input_size", input_size)
+    k = _positive_int("kernel_size", kernel_size)
     if k % 2 == 0:
         raise ValueError(f"kernel_size must be odd, got {k}")
     dense = _int_list("hidden", hidden)
@@ -292,12 +297,12 @@ def resnet(
     Returns:
         ``nn.Sequential`` mapping ``[N, in_channels, H, W]`` to ``[N, num_classes]``.
     """
-    positive_int(depth, "depth", not_int=ValueError)
+    _positive_int("depth", depth)
     if (depth - 2) % 6 != 0 or depth < 8:
         raise ValueError(f"depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, ...), got {depth}")
-    positive_int(num_classes, "num_classes", not_int=ValueError)
-    positive_int(width, "width", not_int=ValueError)
-    positive_int(in_channels, "in_channels", not_int=ValueError)
+    _positive_int("num_classes", num_classes)
+    _positive_int("width", width)
+    _positive_int("in_channels", in_channels)
     if shortcut not in ("A", "B"):
         raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
     n = (depth - 2) // 6
@@ -355,9 +360,9 @@ def vgg(
         ``nn.Sequential`` mapping ``[N, in_channels, input_size, input_size]`` to
         ``[N, num_classes]``.
     """
-    positive_int(in_channels, "in_channels", not_int=ValueError)
-    positive_int(num_classes, "num_classes", not_int=ValueError)
-    size = positive_int(input_size, "input_size", not_int=ValueError)
+    _positive_int("in_channels", in_channels)
+    _positive_int("num_classes", num_classes)
+    size = _positive_int("input_size", input_size)
     dense = _int_list("hidden", hidden)
     p = _probability("dropout", dropout)
     if isinstance(cfg, str) or not isinstance(cfg, Sequence):
@@ -371,7 +376,7 @@ def vgg(
             layers.append(nn.MaxPool2d(2))
             size //= 2
         else:
-            c_out = positive_int(item, f"cfg[{i}] (channels or 'M')", not_int=ValueError)
+            c_out = _positive_int(f"cfg[{i}] (channels or 'M')", item)
             layers.append(nn.Conv2d(c, c_out, 3, padding=1, bias=not batchnorm))
             if batchnorm:
                 layers.append(nn.BatchNorm2d(c_out))
@@ -497,8 +502,8 @@ class SequenceTransformer(_Encoder):
 
 
 def _check_transformer_args(dim: Any, depth: Any, heads: Any, mlp_ratio: Any, dropout: Any):
-    positive_int(dim, "dim", not_int=ValueError)
-    positive_int(heads, "heads", not_int=ValueError)
+    _positive_int("dim", dim)
+    _positive_int("heads", heads)
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
         raise ValueError(f"depth must be a non-negative integer, got {depth!r}")
     if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
@@ -531,10 +536,10 @@ def vit(
     Returns:
         module mapping ``[N, in_channels, image_size, image_size]`` to ``[N, num_classes]``.
     """
-    positive_int(image_size, "image_size", not_int=ValueError)
-    positive_int(patch_size, "patch_size", not_int=ValueError)
-    positive_int(in_channels, "in_channels", not_int=ValueError)
-    positive_int(num_classes, "num_classes", not_int=ValueError)
+    _positive_int("image_size", image_size)
+    _positive_int("patch_size", patch_size)
+    _positive_int("in_channels", in_channels)
+    _positive_int("num_classes", num_classes)
     ratio, p = _check_transformer_args(dim, depth, heads, mlp_ratio, dropout)
     return ViT(image_size, patch_size, in_channels, num_classes, dim, depth, heads, ratio, p,
                pool)
@@ -563,9 +568,9 @@ def transformer(
     Returns:
         module mapping ``[N, seq_len, in_features]`` to ``[N, num_classes]``.
     """
-    positive_int(in_features, "in_features", not_int=ValueError)
-    positive_int(seq_len, "seq_len", not_int=ValueError)
-    positive_int(num_classes, "num_classes", not_int=ValueError)
+    _positive_int("in_features", in_features)
+    _positive_int("seq_len", seq_len)
+    _positive_int("num_classes", num_classes)
     ratio, p = _check_transformer_args(dim, depth, heads, mlp_ratio, dropout)
     return SequenceTransformer(in_features, seq_len, num_classes, dim, depth, heads, ratio, p,
                                pool)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from curvature import checks, models
+from curvature import checks
 from curvature.algorithms import ritz
 from curvature.operators import DenseOperator
 
@@ -51,9 +51,3 @@ def test_operator_choice_tolerance():
         with pytest.raises(ValueError, match="tol must be a number in"):
             checks.tolerance(bad)
 
-
-def test_model_zoo_uses_the_shared_check():
-    with pytest.raises(ValueError, match="num_classes must be a positive integer, got 0"):
-        models.mlp(num_classes=0)
-    with pytest.raises(ValueError, match="in_features must be an int"):
-        models.mlp(in_features=2.5)
