@@ -1,10 +1,11 @@
 """curvature: Hessian curvature analysis for PyTorch.
 
 One Hessian-vector-product engine (:mod:`curvature.engine`) behind symmetric
-linear operators (:mod:`curvature.operators`) feeds every estimator: extreme
-eigenvalues (:mod:`curvature.eigen`), trace and diagonal (:mod:`curvature.trace`)
-and the spectral density (:mod:`curvature.density`). Optimizers with exposed
-curvature estimates live in :mod:`curvature.optim`.
+linear operators (:mod:`curvature.operators`) feeds every estimator: the front doors
+``eigenvalues``, ``trace``, ``diagonal`` and ``spectral_density``
+(:mod:`curvature.estimators`) dispatch to one algorithm per file in
+:mod:`curvature.algorithms`. Optimizers with exposed curvature estimates live in
+:mod:`curvature.optim`.
 """
 
 from curvature import optim  # noqa: E402  (subpackage: cv.optim.SAM, ...)
@@ -17,8 +18,6 @@ from curvature.checkpoint import (
 )
 from curvature.data import Dataset, load_dataset
 from curvature.dense import dense_hessian
-from curvature.density import SpectralDensity, spectral_density
-from curvature.eigen import eigenvalues
 from curvature.errors import (
     DoubleBackwardError,
     InputError,
@@ -27,12 +26,18 @@ from curvature.errors import (
     NonFiniteLossError,
     NonFiniteProductError,
 )
+from curvature.estimators import diagonal, eigenvalues, spectral_density, trace
 from curvature.landscape import Landscape, loss_landscape_1d, loss_landscape_2d
 from curvature.models import MODELS, build_model, count_parameters
 from curvature.monitor import CurvatureMonitor
 from curvature.operators import CurvatureOperator, DenseOperator, GGNOperator, HessianOperator
-from curvature.results import ConvergenceWarning, DiagonalResult, EigenResult, TraceResult
-from curvature.trace import diagonal, trace
+from curvature.results import (
+    ConvergenceWarning,
+    DiagonalResult,
+    EigenResult,
+    SpectralDensity,
+    TraceResult,
+)
 
 __version__ = "0.1.0"
 

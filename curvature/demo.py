@@ -58,7 +58,7 @@ def _lambda_max_trajectory(folder: Path, data, loss_fn, seed: int, device) -> li
     import torch
 
     from curvature.checkpoint import load_checkpoint
-    from curvature.eigen import eigenvalues
+    from curvature.estimators import eigenvalues
     from curvature.operators import HessianOperator
 
     dtype = torch.float64 if device is None or torch.device(device).type == "cpu" else None

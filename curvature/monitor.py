@@ -82,9 +82,8 @@ from tqdm.auto import tqdm
 
 from curvature import engine
 from curvature.batches import map_tensors, model_args
-from curvature.eigen import eigenvalues
+from curvature.estimators import diagonal, eigenvalues, trace
 from curvature.operators import CurvatureOperator, HessianOperator
-from curvature.trace import diagonal, trace
 
 __all__ = ["CurvatureMonitor", "exact_diagonal", "preserved_rng"]
 

@@ -2,18 +2,22 @@
 
 Every estimate travels with what is needed to judge it: eigenpairs with their true
 residuals and convergence flags, stochastic estimates with standard errors, and the
-number of operator products (matvecs) spent on them.
+number of operator products (matvecs) spent on them; a spectral density carries its
+quadrature nodes and weights and broadens them on demand.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from curvature.errors import ConvergenceWarning
 
-__all__ = ["ConvergenceWarning", "EigenResult", "TraceResult", "DiagonalResult"]
+__all__ = ["ConvergenceWarning", "DiagonalResult", "EigenResult", "SpectralDensity", "TraceResult"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,3 +127,79 @@ class DiagonalResult:
     num_matvecs: int
     product_error: float = 0.0
 
+
+@dataclass(frozen=True, eq=False)
+class SpectralDensity:
+    """A stochastic-Lanczos-quadrature estimate of the eigenvalue density of ``H``.
+
+    Attributes
+    ----------
+    nodes : Tensor[num_probes, num_steps], float64 CPU
+        Gauss quadrature nodes (Ritz values) of each probe, ascending per row.
+    weights : Tensor[num_probes, num_steps], float64 CPU
+        Gauss quadrature weights of each probe (each row sums to 1).
+    num_matvecs : int
+        Operator products spent (``num_probes * num_steps``).
+    dim : int
+        ``n``, the operator's dimension.
+    product_error : float
+        The operator's :attr:`~curvature.CurvatureOperator.product_error` after the
+        run (0.0 for exact products): each node is uncertain by about this much.
+    """
+
+    nodes: Tensor
+    weights: Tensor
+    num_matvecs: int
+    dim: int
+    product_error: float = 0.0
+
+    @property
+    def lambda_min(self) -> float:
+        """Smallest node: converges to the smallest eigenvalue from above."""
+        return float(self.nodes.min())
+
+    @property
+    def lambda_max(self) -> float:
+        """Largest node: converges to the largest eigenvalue from below."""
+        return float(self.nodes.max())
+
+    def trace(self) -> float:
+        """SLQ estimate of ``tr(H) = n int t dphi(t)`` (the Hutchinson estimate of the same probes)."""
+        return float(self.dim * (self.weights * self.nodes).sum(1).mean())
+
+    def default_sigma(self) -> float:
+        """Broadening used when none is given: ``1e-3`` of the node range (or of ``max |node|``)."""
+        span = self.lambda_max - self.lambda_min
+        if span <= 0:
+            span = max(abs(self.lambda_max), 1.0)
+        return 1e-3 * span
+
+    def evaluate(self, grid: Tensor | np.ndarray | list[float], sigma: float | None = None) -> Tensor:
+        """Gaussian-broadened density on ``grid``.
+
+        ``phi_sigma(t) = (1/P) sum_p sum_l w_pl N(t; theta_pl, sigma^2)``: a probability
+        density (integrates to 1 over the real line). ``grid``: Tensor[G] of
+        eigenvalue positions; ``sigma``: the Gaussian standard deviation in eigenvalue
+        units (default :meth:`default_sigma`). Returns Tensor[G], float64.
+        """
+        t = torch.as_tensor(np.asarray(grid, dtype=np.float64)).reshape(-1)
+        sigma = self.default_sigma() if sigma is None else float(sigma)
+        if not (sigma > 0 and math.isfinite(sigma)):
+            raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+        nodes = self.nodes.reshape(-1)
+        weights = self.weights.reshape(-1) / self.nodes.shape[0]
+        out = torch.empty_like(t)
+        norm = 1.0 / (sigma * math.sqrt(2 * math.pi))
+        for start in range(0, t.numel(), 4096):  # bounded [chunk, P * m] memory
+            d = (t[start : start + 4096, None] - nodes[None, :]) / sigma
+            out[start : start + 4096] = torch.exp(-0.5 * d.square()) @ weights * norm
+        return out
+
+    def plot(self, ax=None, log: bool = True, sigma: float | None = None, num_points: int = 4000):
+        """Draw the broadened density (log y-axis by default) with ``lambda_min``/``lambda_max`` marked.
+
+        Returns the matplotlib ``Axes`` (drawn by :func:`curvature.plots.plot_spectral_density`).
+        """
+        from curvature.plots import plot_spectral_density
+
+        return plot_spectral_density(self, ax=ax, log=log, sigma=sigma, num_points=num_points)

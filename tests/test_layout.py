@@ -81,7 +81,7 @@ def test_matplotlib_only_in_the_plotting_room():
                          for u in users), sorted(users)
 
 
-@pytest.mark.parametrize("package", ["curvature.pipeline", "curvature.plots"])
+@pytest.mark.parametrize("package", ["curvature.pipeline", "curvature.plots", "curvature.algorithms"])
 def test_submodules_are_modules(package):
     """``import curvature.pipeline.x`` gives the module, never a function of that name."""
     pkg = importlib.import_module(package)
@@ -91,9 +91,24 @@ def test_submodules_are_modules(package):
             assert isinstance(attr, types.ModuleType), name
 
 
+def test_top_level_submodules_are_modules():
+    """``import curvature.x`` gives the module for every file or folder directly in the
+    package (``cv.trace`` is a function, so there is no module ``curvature.trace``)."""
+    import curvature
+
+    children = {n.split(".")[1] for n in MODULES if n.count(".") >= 1}
+    assert {"algorithms", "checks", "estimators"} <= children
+    for child in sorted(children):
+        module = importlib.import_module(f"curvature.{child}")
+        assert getattr(curvature, child) is module, child
+    for function in ("eigenvalues", "trace", "diagonal", "spectral_density"):
+        assert function not in children and callable(getattr(curvature, function))
+
+
 def test_application_rooms_import_no_private_names():
     rooms = [n for n in MODULES
-             if n.split(".")[1:2] in (["pipeline"], ["plots"], ["atomic"], ["inputs"])]
+             if n.split(".")[1:2] in (["pipeline"], ["plots"], ["atomic"], ["inputs"],
+                                      ["algorithms"], ["estimators"], ["checks"])]
     found = [(n, m, x) for n in rooms for m, names in _imports(n, MODULES[n])
              if m.startswith("curvature") for x in names
              if x.startswith("_") and f"{m}.{x}" not in MODULES]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from curvature import plots
-from curvature.density import SpectralDensity
 from curvature.landscape import Landscape
+from curvature.results import SpectralDensity
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

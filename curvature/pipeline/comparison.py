@@ -68,8 +68,8 @@ def compare(
     Raises:
         InputError: a folder is not an analysis folder, or labels do not match.
     """
-    from curvature.density import SpectralDensity
     from curvature.plots import comparison_figures
+    from curvature.results import SpectralDensity
 
     folders = [Path(f) for f in folders]
     if len(folders) < 1:

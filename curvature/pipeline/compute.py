@@ -75,8 +75,7 @@ def analyze(
     Returns:
         an :class:`Analysis` (write it with :func:`write_analysis`).
     """
-    from curvature.density import spectral_density
-    from curvature.eigen import eigenvalues
+    from curvature.estimators import eigenvalues, spectral_density, trace
     from curvature.landscape import (
         filter_normalized_direction,
         loss_landscape_1d,
@@ -84,7 +83,6 @@ def analyze(
         symmetric_grid,
     )
     from curvature.operators import HessianOperator
-    from curvature.trace import trace
 
     config = resolve_config(config, overrides)
     log = log or (lambda _m: None)

@@ -33,7 +33,7 @@ class SplitAnalysis:
         top, bottom: :class:`curvature.results.EigenResult` for ``which="largest"``
             and ``"smallest"`` (``None`` if not computed).
         trace: :class:`curvature.results.TraceResult` or ``None``.
-        density: :class:`curvature.density.SpectralDensity` or ``None``.
+        density: :class:`curvature.results.SpectralDensity` or ``None``.
         lines, planes: 1-D and 2-D :class:`curvature.landscape.Landscape` by name.
         timings: seconds per quantity.
         warnings: convergence and other warnings raised while computing.

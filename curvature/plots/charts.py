@@ -117,9 +117,9 @@ def plot_density(
 def plot_spectral_density(density: Any, *, ax=None, log: bool = True,
                           sigma: float | None = None, num_points: int = 4000):
     """One broadened density (log y-axis by default) with ``lambda_min``/``lambda_max``
-    marked: the figure of :meth:`curvature.density.SpectralDensity.plot`.
+    marked: the figure of :meth:`curvature.results.SpectralDensity.plot`.
 
-    ``density``: a :class:`curvature.density.SpectralDensity`; ``sigma``: Gaussian width
+    ``density``: a :class:`curvature.results.SpectralDensity`; ``sigma``: Gaussian width
     in eigenvalue units (default: the density's own); ``num_points``: grid points.
     Returns the ``Axes``.
     """

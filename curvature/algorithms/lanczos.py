@@ -1,4 +1,4 @@
-r"""Block thick-restart Lanczos with full reorthogonalisation.
+r"""Block thick-restart Lanczos with full reorthogonalisation: extreme eigenpairs of ``H``.
 
 References: Lanczos (1950); block Lanczos: Golub & Underwood (1977), "The block Lanczos
 method for computing eigenvalues", and Saad, *Numerical Methods for Large Eigenvalue
@@ -94,25 +94,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from curvature._random import gaussian
+from curvature import checks
+from curvature.algorithms.probes import gaussian, make_generator
+from curvature.algorithms.ritz import residual_limit, wanted_order
+from curvature.errors import NonFiniteProductError
 from curvature.operators import CurvatureOperator
 from curvature.results import ConvergenceWarning, EigenResult
 
-__all__ = ["lanczos", "block_size", "wanted_order", "RELATIVE_FLOOR"]
+__all__ = ["BASIS_NUMBERS", "block_size", "default_basis_size", "lanczos"]
 
-# Eigenvalues smaller than this fraction of ||H|| are resolved to an absolute
-# residual of tol * RELATIVE_FLOOR * ||H|| (a purely relative test cannot be met
-# near zero in floating point).
-RELATIVE_FLOOR = 1e-3
+BASIS_NUMBERS = 2**29
+"""Default bound on the numbers the Krylov basis stores (2 GiB in float32)."""
 
 
-def wanted_order(values: np.ndarray, which: str) -> np.ndarray:
-    """Indices sorting ``values`` from most to least wanted for ``which``."""
-    if which == "largest":
-        return np.argsort(-values, kind="stable")
-    if which == "smallest":
-        return np.argsort(values, kind="stable")
-    return np.argsort(-np.abs(values), kind="stable")
+def default_basis_size(k: int, n: int) -> int:
+    """Expanded basis columns kept before a thick restart when none are asked for:
+    ``min(n, max(2k + 10, k + 30))``, lowered (not below ``k + 10``) to keep the basis
+    under :data:`BASIS_NUMBERS` numbers."""
+    return min(n, max(2 * k + 10, k + 30), max(k + 10, BASIS_NUMBERS // n))
 
 
 def block_size(k: int, n: int, basis_size: int, max_matvecs: int) -> int:
@@ -159,21 +158,46 @@ def _ritz(T: np.ndarray, region: int) -> tuple[np.ndarray, np.ndarray]:
 def lanczos(
     op: CurvatureOperator,
     k: int,
-    which: str,
-    tol: float,
-    max_matvecs: int,
-    basis_size: int,
-    gen: torch.Generator,
+    *,
+    which: str = "largest",
+    tol: float = 1e-4,
+    max_matvecs: int = 1000,
+    basis_size: int | None = None,
+    generator: torch.Generator | None = None,
     progress: bool = False,
     callback: Callable[[int, np.ndarray], None] | None = None,
 ) -> EigenResult:
-    """``k`` extreme eigenpairs of ``op`` by block thick-restart Lanczos (arguments checked
-    by the caller; ``basis_size`` counts expanded columns, the basis holds ``basis_size + b``).
+    """``k`` extreme eigenpairs of ``op`` by block thick-restart Lanczos (module docstring).
 
-    ``callback(num_matvecs, ritz_values)`` is called after every block product with the
-    ``k`` currently wanted Ritz values (most wanted first); used by benchmarks.
+    The arguments are those of :func:`curvature.eigenvalues`, which checks them and adds
+    the finite-difference gate; called directly, they must already be valid
+    (``1 <= k <= n``, ``which`` in :data:`~curvature.algorithms.ritz.WHICH`,
+    ``0 < tol < 1``, ``k <= max_matvecs``, ``k < basis_size <= n`` or ``basis_size = n``;
+    ``basis_size=None`` is :func:`default_basis_size`). ``basis_size`` counts expanded
+    columns; the basis holds ``basis_size + b``. ``generator`` draws the start blocks
+    (fresh entropy when ``None``). ``callback(num_matvecs, ritz_values)`` is called after
+    every block product with the ``k`` currently wanted Ritz values (most wanted first).
+
+    Returns an :class:`~curvature.EigenResult` (``method="lanczos"``); a run that stops
+    early warns with a :class:`~curvature.ConvergenceWarning` and says why in ``message``.
+
+    Raises:
+        TypeError: ``op`` is not a ``CurvatureOperator``.
+        NonFiniteProductError: a product holds NaN/inf (the message names the step).
+
+    Example: a double top eigenvalue; both copies come back.
+
+    >>> import torch, curvature as cv
+    >>> eigs = torch.cat([torch.tensor([5.0, 5.0, 3.0]), torch.linspace(-1.0, 1.0, 37)])
+    >>> op = cv.DenseOperator(torch.diag(eigs).double())
+    >>> res = lanczos(op, 3, tol=1e-8, generator=torch.Generator().manual_seed(0))
+    >>> res.converged, [round(v, 6) for v in res.values.tolist()]
+    (True, [5.0, 5.0, 3.0])
     """
-    n = op.shape[0]
+    n = checks.operator(op, "lanczos")
+    if basis_size is None:
+        basis_size = default_basis_size(k, n)
+    gen = make_generator(None, op.device) if generator is None else generator
     m = basis_size
     b_max = block_size(k, n, m, max_matvecs)
     b = min(b_max, 1 if k == 1 else 2)
@@ -210,7 +234,7 @@ def lanczos(
             host = host.to("cpu", torch.float64).numpy()  # the one host read per step
             used = op.num_matvecs - start_count
             if not np.isfinite(host).all():
-                raise FloatingPointError(
+                raise NonFiniteProductError(
                     f"Lanczos iteration {steps} (products {used - u + 1}..{used}): the "
                     "operator returned a non-finite product (NaN or inf); check the model, "
                     "the loss and the data"
@@ -239,7 +263,7 @@ def lanczos(
             top = order[:k]
             if callback is not None:
                 callback(used, theta[top])
-            limit = tol * np.maximum(np.abs(theta[top]), RELATIVE_FLOOR * anorm)
+            limit = residual_limit(theta[top], anorm, tol)
             if len(top) == k and sv.max() <= 0.1 * limit.min():
                 # The whole Krylov space is invariant to well within the tolerance: every
                 # Ritz pair in it is converged because nothing is left to find from this
@@ -377,7 +401,7 @@ def lanczos(
     values[valid] = theta[idx]
     res = np.full(k, np.nan)
     res[valid] = residuals[idx]
-    limit = tol * np.maximum(np.abs(values), RELATIVE_FLOOR * anorm)
+    limit = residual_limit(values, anorm, tol)
     mask = np.where(valid, res <= limit, False)
     if exhausted or not converged:
         warnings.warn(f"eigenvalues (lanczos): {message}", ConvergenceWarning, stacklevel=3)
@@ -392,6 +416,7 @@ def lanczos(
         which=which,
         tol=tol,
         message=message,
+        product_error=op.product_error,
     )
 
 
@@ -422,7 +447,7 @@ def _region_done(theta, residuals, S, region, which, kth, invariant, tol, anorm)
     if inside.size == 0:
         return False
     best = inside[wanted_order(theta[inside], which)[0]]
-    if residuals[best] <= tol * max(abs(theta[best]), RELATIVE_FLOOR * anorm):
+    if residuals[best] <= residual_limit(theta[best], anorm, tol):
         return True
     if not invariant:
         return False
@@ -437,5 +462,5 @@ def _region_done(theta, residuals, S, region, which, kth, invariant, tol, anorm)
 def _worst_ratio(theta, residuals, top, k, anorm, tol) -> float:
     if len(top) < k:
         return float("inf")
-    limit = tol * np.maximum(np.abs(theta[top]), RELATIVE_FLOOR * anorm)
+    limit = residual_limit(theta[top], anorm, tol)
     return float(np.max(residuals[top] / np.maximum(limit, np.finfo(float).tiny)))

@@ -1,8 +1,7 @@
-"""Lanczos and power iteration against numpy.linalg.eigh on designed spectra and dense Hessians."""
+"""The front door ``eigenvalues`` with both methods (Lanczos, power iteration) against
+numpy.linalg.eigh on designed spectra and dense Hessians; its argument checks."""
 
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 import pytest
@@ -11,52 +10,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from curvature.dense import dense_hessian
-from curvature.eigen import eigenvalues
+from curvature.estimators import eigenvalues
 from curvature.operators import CurvatureOperator, DenseOperator, HessianOperator
 from curvature.results import ConvergenceWarning
+
+from .conftest import check_pairs, designed_with_spectrum, outlier_spectrum, small_problem, truth
 
 METHODS = ["lanczos", "power"]
 
 
-def designed(eigs, seed: int = 0) -> tuple[DenseOperator, np.ndarray]:
-    """``Q diag(eigs) Q^T`` with a random orthogonal ``Q`` (float64)."""
-    eigs = np.asarray(eigs, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    Q, _ = np.linalg.qr(rng.standard_normal((len(eigs), len(eigs))))
-    A = (Q * eigs) @ Q.T
-    return DenseOperator(torch.tensor(0.5 * (A + A.T))), eigs
-
-
-def outlier_spectrum(n: int = 300, seed: int = 0) -> np.ndarray:
-    """A bulk near zero (some negative) plus a few large outliers, as network Hessians have."""
-    rng = np.random.default_rng(seed)
-    return np.concatenate([[50.0, 30.0, 20.0, 10.0, 5.0], rng.uniform(-0.1, 1.0, n - 5)])
-
-
-def truth(eigs: np.ndarray, k: int, which: str) -> np.ndarray:
-    if which == "largest":
-        return np.sort(eigs)[::-1][:k]
-    if which == "smallest":
-        return np.sort(eigs)[:k]
-    return eigs[np.argsort(-np.abs(eigs), kind="stable")][:k]
-
-
-def check_pairs(op: DenseOperator, res, eigs: np.ndarray, k: int, which: str, rtol: float):
-    ref = truth(eigs, k, which)
-    vals = res.values.numpy()
-    assert res.values.shape == (k,) and res.vectors.shape == (op.shape[0], k)
-    np.testing.assert_allclose(vals, ref, rtol=rtol, atol=0)
-    V = res.vectors
-    np.testing.assert_allclose(torch.linalg.vector_norm(V, dim=0).numpy(), 1.0, atol=1e-12)
-    # The reported residuals are the true ones, ||A v - lambda v||.
-    true_res = torch.linalg.vector_norm(op.matrix @ V - V * res.values, dim=0).numpy()
-    np.testing.assert_allclose(res.residuals.numpy(), true_res, rtol=1e-3, atol=1e-12)
-    assert np.all(true_res <= res.tol * np.maximum(np.abs(vals), 1e-3 * np.abs(eigs).max()) * 1.01)
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_top5_outlier_spectrum(method):
-    op, eigs = designed(outlier_spectrum())
+    op, eigs = designed_with_spectrum(outlier_spectrum())
     res = eigenvalues(op, 5, method=method, seed=0)
     assert res.converged and bool(res.converged_mask.all())
     check_pairs(op, res, eigs, 5, "largest", rtol=1e-6)
@@ -67,7 +32,7 @@ def test_top5_outlier_spectrum(method):
 def test_largest_is_algebraic_when_negative_eigenvalue_dominates(method):
     rng = np.random.default_rng(1)
     eigs = np.concatenate([[-10.0, 3.0, 2.5], rng.uniform(-1.0, 2.0, 197)])
-    op, eigs = designed(eigs, seed=1)
+    op, eigs = designed_with_spectrum(eigs, seed=1)
     top = eigenvalues(op, 2, which="largest", method=method, seed=0, max_matvecs=4000)
     assert top.converged
     check_pairs(op, top, eigs, 2, "largest", rtol=1e-6)  # 3.0, 2.5 -- never -10
@@ -79,81 +44,6 @@ def test_largest_is_algebraic_when_negative_eigenvalue_dominates(method):
     check_pairs(op, mag, eigs, 2, "magnitude", rtol=1e-6)  # -10, 3.0
 
 
-def test_smallest_finds_negative_curvature_lanczos():
-    op, eigs = designed(outlier_spectrum())
-    res = eigenvalues(op, 3, which="smallest", seed=0, max_matvecs=3000)
-    assert res.converged
-    assert res.values[0] < 0
-    # Closely spaced bulk eigenvalues: the bound |error| <= residual is what holds.
-    ref = truth(eigs, 3, "smallest")
-    assert np.all(np.abs(res.values.numpy() - ref) <= res.residuals.numpy() + 1e-12)
-
-
-def test_clustered_eigenvalues_resolved():
-    rng = np.random.default_rng(2)
-    eigs = np.concatenate([10.0 - 1e-3 * np.arange(5), rng.uniform(0.0, 9.0, 195)])
-    op, eigs = designed(eigs, seed=2)
-    res = eigenvalues(op, 5, tol=1e-8, seed=0)
-    assert res.converged
-    check_pairs(op, res, eigs, 5, "largest", rtol=1e-9)
-
-
-def plain_lanczos_ritz(A: np.ndarray, steps: int, seed: int = 0) -> np.ndarray:
-    """Textbook three-term Lanczos *without* reorthogonalisation (ghosts appear)."""
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal(A.shape[0])
-    q /= np.linalg.norm(q)
-    q_prev, beta, alphas, betas = np.zeros_like(q), 0.0, [], []
-    for _ in range(steps):
-        w = A @ q - beta * q_prev
-        alpha = q @ w
-        w -= alpha * q
-        beta = np.linalg.norm(w)
-        alphas.append(alpha)
-        betas.append(beta)
-        q_prev, q = q, w / beta
-    T = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
-    return np.linalg.eigvalsh(T)
-
-
-def test_no_ghost_eigenvalues():
-    # Two dominant outliers and a bulk: the plain recurrence duplicates the converged
-    # outliers after enough steps (checked below, so this test has teeth).
-    rng = np.random.default_rng(3)
-    eigs = np.concatenate([[100.0, 90.0], rng.uniform(0.0, 1.0, 198)])
-    op, eigs = designed(eigs, seed=3)
-    # Our Lanczos runs long (a large basis and a tight tol on the dense bulk end).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        res = eigenvalues(op, 6, tol=1e-12, basis_size=150, max_matvecs=140, seed=0)
-    steps = res.num_matvecs
-    assert steps >= 100
-    ghosts = plain_lanczos_ritz(op.matrix.numpy(), steps)
-    assert np.sum(np.abs(ghosts - 100.0) < 1e-6) >= 2  # copies without reorthogonalisation
-    vals = res.values.numpy()
-    ref = truth(eigs, 6, "largest")
-    # No copies: exactly one value at 100 and at 90, and the rest are the bulk's top ones.
-    assert np.sum(np.abs(vals - 100.0) < 1e-6) == 1
-    assert np.sum(np.abs(vals - 90.0) < 1e-6) == 1
-    np.testing.assert_allclose(vals[:2], ref[:2], rtol=1e-12)
-    # Whatever is flagged converged is a true eigenvalue, and the flags match true residuals.
-    V = res.vectors
-    true_res = torch.linalg.vector_norm(op.matrix @ V - V * res.values, dim=0).numpy()
-    np.testing.assert_allclose(res.residuals.numpy(), true_res, rtol=1e-2, atol=1e-13)
-    gram = (V.T @ V).numpy()
-    np.testing.assert_allclose(gram, np.eye(6), atol=1e-10)  # distinct, orthonormal vectors
-    for v, r, ok in zip(vals, res.residuals.numpy(), res.converged_mask.numpy()):
-        if ok:
-            assert np.min(np.abs(eigs - v)) <= r + 1e-12
-
-
-def test_thick_restart_small_basis():
-    op, eigs = designed(outlier_spectrum(seed=4), seed=4)
-    res = eigenvalues(op, 5, basis_size=8, seed=0, tol=1e-6)
-    assert res.converged and "restart" in res.message
-    check_pairs(op, res, eigs, 5, "largest", rtol=1e-9)
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_low_rank_invariant_subspace(method):
     # Rank 2: the Krylov space of the start vector is invariant after 2 steps; the
@@ -161,7 +51,7 @@ def test_low_rank_invariant_subspace(method):
     n = 60
     eigs = np.zeros(n)
     eigs[:2] = [4.0, -2.0]
-    op, eigs = designed(eigs, seed=5)
+    op, eigs = designed_with_spectrum(eigs, seed=5)
     res = eigenvalues(op, 4, method=method, seed=0)
     assert res.converged
     np.testing.assert_allclose(res.values.numpy(), [4.0, 0.0, 0.0, 0.0], atol=1e-10)
@@ -171,24 +61,17 @@ def test_low_rank_invariant_subspace(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_double_eigenvalue_both_copies(method):
     rng = np.random.default_rng(11)
-    op, eigs = designed(np.concatenate([[5.0, 5.0, 3.0], rng.uniform(0.0, 1.0, 197)]), seed=11)
+    op, eigs = designed_with_spectrum(np.concatenate([[5.0, 5.0, 3.0], rng.uniform(0.0, 1.0, 197)]), seed=11)
     res = eigenvalues(op, 3, method=method, seed=0)
     assert res.converged
     check_pairs(op, res, eigs, 3, "largest", rtol=1e-6)
     np.testing.assert_allclose((res.vectors.T @ res.vectors).numpy(), np.eye(3), atol=1e-8)
 
 
-def test_full_space_exact():
-    op, eigs = designed(np.linspace(-1.0, 1.0, 12), seed=6)
-    res = eigenvalues(op, 12, seed=0)
-    assert res.converged
-    np.testing.assert_allclose(res.values.numpy(), np.sort(eigs)[::-1], atol=1e-12)
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_budget_exhausted_is_reported(method):
     rng = np.random.default_rng(7)
-    op, _ = designed(np.concatenate([[1.0, 0.999], rng.uniform(0, 0.99, 198)]), seed=7)
+    op, _ = designed_with_spectrum(np.concatenate([[1.0, 0.999], rng.uniform(0, 0.99, 198)]), seed=7)
     with pytest.warns(ConvergenceWarning, match="max_matvecs"):
         res = eigenvalues(op, 1, method=method, tol=1e-10, max_matvecs=6, seed=0)
     assert not res.converged and not bool(res.converged_mask.any())
@@ -199,34 +82,17 @@ def test_budget_exhausted_is_reported(method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_reproducible_from_seed(method):
-    op, _ = designed(outlier_spectrum(n=100), seed=8)
+    op, _ = designed_with_spectrum(outlier_spectrum(n=100), seed=8)
     a = eigenvalues(op, 2, method=method, seed=11)
     b = eigenvalues(op, 2, method=method, seed=11)
     assert torch.equal(a.values, b.values) and torch.equal(a.vectors, b.vectors)
     assert a.num_matvecs == b.num_matvecs
 
 
-def test_float32_operator():
-    op64, eigs = designed(outlier_spectrum(n=200, seed=9), seed=9)
-    op = DenseOperator(op64.matrix.float())
-    res = eigenvalues(op, 3, seed=0)
-    assert res.converged and res.vectors.dtype == torch.float32
-    np.testing.assert_allclose(res.values.numpy(), truth(eigs, 3, "largest"), rtol=1e-5)
-
-
 # ------------------------------------------------------------------ dense Hessians
-def small_problem():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 5, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 3, (64,), generator=g)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
-    return model, F.cross_entropy, (x, y)
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_hessian_of_small_model(method):
-    model, loss_fn, data = small_problem()
+    model, loss_fn, data = small_problem(64, 8, seed=0)
     H = dense_hessian(model, loss_fn, data).numpy()
     eigs = np.linalg.eigvalsh(H)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -287,7 +153,7 @@ class NaNAfter(CurvatureOperator):
 
 @pytest.mark.parametrize("method,name", [("lanczos", "Lanczos iteration 4"), ("power", "power iteration 4")])
 def test_non_finite_product_names_iteration(method, name):
-    op, _ = designed(outlier_spectrum(n=50), seed=10)
+    op, _ = designed_with_spectrum(outlier_spectrum(n=50), seed=10)
     bad = NaNAfter(op.matrix, after=3)
     with pytest.raises(FloatingPointError, match=name):
         eigenvalues(bad, 1, method=method, seed=0)
@@ -310,7 +176,7 @@ def test_non_finite_product_names_iteration(method, name):
     ],
 )
 def test_bad_input(kwargs, err, match):
-    op, _ = designed(np.linspace(0, 1, 30))
+    op, _ = designed_with_spectrum(np.linspace(0, 1, 30))
     with pytest.raises(err, match=match):
         eigenvalues(op, **kwargs)
 
@@ -321,7 +187,7 @@ def test_not_an_operator():
 
 
 def test_progress_bar_can_be_shown(capsys):
-    op, _ = designed(outlier_spectrum(n=60), seed=12)
+    op, _ = designed_with_spectrum(outlier_spectrum(n=60), seed=12)
     for method in METHODS:
         res = eigenvalues(op, 1, method=method, seed=0, progress=True)
         assert res.converged
@@ -332,7 +198,7 @@ def test_progress_bar_can_be_shown(capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("method", METHODS)
 def test_runs_on_cuda(method):
-    op, eigs = designed(outlier_spectrum(n=200), seed=13)
+    op, eigs = designed_with_spectrum(outlier_spectrum(n=200), seed=13)
     op = DenseOperator(op.matrix.cuda())
     res = eigenvalues(op, 3, method=method, seed=0)
     assert res.converged and res.vectors.device.type == "cuda"

@@ -1,39 +1,32 @@
-"""Stochastic Lanczos quadrature against exact spectra; agreement with PyHessian."""
+"""Stochastic Lanczos quadrature (:mod:`curvature.algorithms.slq`) and ``SpectralDensity``
+against exact spectra; agreement with PyHessian."""
 
 from __future__ import annotations
 
 import copy
+import doctest
 import math
 
 import matplotlib
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from scipy.stats import wasserstein_distance
-from torch import nn
 
-from curvature._random import make_generator, rademacher
+from curvature.algorithms import slq as slq_module
+from curvature.algorithms.probes import make_generator, rademacher
 from curvature.dense import dense_hessian
-from curvature.density import SpectralDensity, spectral_density
-from curvature.eigen import eigenvalues
+from curvature.estimators import eigenvalues, spectral_density, trace
 from curvature.operators import CurvatureOperator, DenseOperator, HessianOperator
-from curvature.trace import trace
+from curvature.results import SpectralDensity
+
+from .conftest import designed, outlier_spectrum, small_problem
 
 matplotlib.use("Agg")
 
 
-def designed(eigs, seed: int = 0) -> DenseOperator:
-    eigs = np.asarray(eigs, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    Q, _ = np.linalg.qr(rng.standard_normal((len(eigs), len(eigs))))
-    A = (Q * eigs) @ Q.T
-    return DenseOperator(torch.tensor(0.5 * (A + A.T)))
-
-
-def outlier_spectrum(n: int = 300, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.concatenate([[50.0, 30.0, 20.0, 10.0, 5.0], rng.uniform(-0.1, 1.0, n - 5)])
+def test_doctest():
+    assert doctest.testmod(slq_module).failed == 0
 
 
 @pytest.fixture(scope="module")
@@ -138,17 +131,8 @@ def test_plot_log_axis_with_extremes_marked(outliers):
     plt.close("all")
 
 
-def small_problem():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 5, generator=g)
-    y = torch.randint(0, 3, (64,), generator=g)
-    torch.manual_seed(2)
-    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
-    return model, F.cross_entropy, (x, y)
-
-
 def test_hessian_density_extremes():
-    model, loss_fn, data = small_problem()
+    model, loss_fn, data = small_problem(64, 8, seed=2, dtype=torch.float32)
     eigs = np.linalg.eigvalsh(dense_hessian(model, loss_fn, data).numpy())
     op = HessianOperator(model, loss_fn, data, dtype=torch.float64)
     sd = spectral_density(op, num_steps=40, num_probes=4, seed=0)
@@ -212,7 +196,7 @@ def _torch_eig_shim(A, eigenvectors=False):
 @pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
 def test_agreement_with_pyhessian(monkeypatch):
     pyhessian = pytest.importorskip("pyhessian")
-    model, loss_fn, data = small_problem()
+    model, loss_fn, data = small_problem(64, 8, seed=2, dtype=torch.float32)
     eigs = np.linalg.eigvalsh(dense_hessian(model, loss_fn, data).numpy())
     # PyHessian leaves create_graph gradients on the model: give it a copy (float32; it
     # draws float32 probes).

@@ -33,8 +33,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from curvature._lanczos import RELATIVE_FLOOR, wanted_order
-from curvature._random import gaussian
+from curvature import checks
+from curvature.algorithms.probes import gaussian, make_generator
+from curvature.algorithms.ritz import residual_limit, wanted_order
+from curvature.errors import NonFiniteProductError
 from curvature.operators import CurvatureOperator
 from curvature.results import ConvergenceWarning, EigenResult
 
@@ -48,19 +50,42 @@ class _Budget(Exception):
 def power_iteration(
     op: CurvatureOperator,
     k: int,
-    which: str,
-    tol: float,
-    max_matvecs: int,
-    gen: torch.Generator,
+    *,
+    which: str = "largest",
+    tol: float = 1e-4,
+    max_matvecs: int = 1000,
+    generator: torch.Generator | None = None,
     progress: bool = False,
     callback: Callable[[int, np.ndarray], None] | None = None,
 ) -> EigenResult:
     """``k`` extreme eigenpairs of ``op`` by deflated, shifted power iteration.
 
-    ``callback(num_matvecs, values)`` receives the current Rayleigh quotient of the
-    pair being computed (as a one-element array) after every product.
+    The arguments are those of :func:`curvature.eigenvalues` (``method="power"``), which
+    checks them and adds the finite-difference gate; called directly, they must already
+    be valid (``1 <= k <= n``, ``which`` in :data:`~curvature.algorithms.ritz.WHICH`,
+    ``0 < tol < 1``, ``k <= max_matvecs``). ``generator`` draws the start vectors (fresh
+    entropy when ``None``). ``callback(num_matvecs, values)`` receives the current
+    Rayleigh quotient of the pair being computed (as a one-element array) after every
+    product.
+
+    Returns an :class:`~curvature.EigenResult` (``method="power"``); a run that spends its
+    budget warns with a :class:`~curvature.ConvergenceWarning` and returns its partial
+    pairs with ``converged=False``.
+
+    Raises:
+        TypeError: ``op`` is not a ``CurvatureOperator``.
+        NonFiniteProductError: a product holds NaN/inf (the message names the iteration).
+
+    Example: the largest eigenvalue is 2, though -3 dominates in magnitude.
+
+    >>> import torch, curvature as cv
+    >>> op = cv.DenseOperator(torch.diag(torch.tensor([2.0, 1.0, 0.5, -3.0])).double())
+    >>> res = power_iteration(op, 1, tol=1e-6, generator=torch.Generator().manual_seed(0))
+    >>> res.converged, round(res.values.item(), 4)
+    (True, 2.0)
     """
-    n = op.shape[0]
+    n = checks.operator(op, "power_iteration")
+    gen = make_generator(None, op.device) if generator is None else generator
     dtype, device = op.dtype, op.device
     sign = -1.0 if which == "smallest" else 1.0  # "smallest" of H is "largest" of -H
     start_count = op.num_matvecs
@@ -101,7 +126,7 @@ def power_iteration(
             theta, res, nw = torch.stack([theta_t, res_t, nw_t]).tolist()  # one host sync
             used = op.num_matvecs - start_count
             if not all(math.isfinite(x) for x in (theta, res, nw)):
-                raise FloatingPointError(
+                raise NonFiniteProductError(
                     f"power iteration {used}: the operator returned a non-finite product "
                     "(NaN or inf); check the model, the loss and the data"
                 )
@@ -109,7 +134,7 @@ def power_iteration(
             last = (v, theta, res)
             if callback is not None:
                 callback(used, np.array([sign * theta]))
-            if res <= tol * max(abs(theta), RELATIVE_FLOOR * anorm):
+            if res <= residual_limit(theta, anorm, tol):
                 return last
             if nw <= 10 * eps * max(anorm, np.finfo(float).tiny):
                 # v is (numerically) in the null space of the shifted, deflated operator;
@@ -171,14 +196,14 @@ def power_iteration(
             th = torch.as_tensor(theta[order], dtype=dtype, device=device)
             res_t = torch.linalg.vector_norm(HY - Y * th, dim=0).to("cpu", torch.float64)
             if not bool(torch.isfinite(res_t).all()):
-                raise FloatingPointError(
+                raise NonFiniteProductError(
                     "power iteration (final Rayleigh-Ritz): the operator returned a "
                     "non-finite product"
                 )
             vectors[:, :cols] = Y
             values_out[:cols] = theta[order]
             residuals[:cols] = res_t.numpy()
-    limit = tol * np.maximum(np.abs(values_out), RELATIVE_FLOOR * anorm)
+    limit = residual_limit(values_out, anorm, tol)
     mask = np.where(np.isfinite(residuals), residuals <= limit, False)
     converged = bool(not exhausted and mask.all())
     if not converged:
@@ -198,4 +223,5 @@ def power_iteration(
         which=which,
         tol=tol,
         message=message,
+        product_error=op.product_error,
     )

@@ -1,4 +1,8 @@
-r"""Spectral density by stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017; Ghorbani et al. 2019).
+r"""Stochastic Lanczos quadrature (SLQ): the spectral density of ``H``.
+
+References: Ubaru, Chen & Saad (2017), "Fast estimation of tr(f(A)) via stochastic Lanczos
+quadrature", SIAM J. Matrix Anal. Appl. 38(4); Ghorbani, Krishnan & Xiao (2019), "An
+investigation into neural net optimization via Hessian eigenvalue density", ICML.
 
 The spectral density of a symmetric ``H`` with eigenpairs ``(lambda_i, u_i)`` is
 ``phi(t) = (1/n) sum_i delta(t - lambda_i)``. For a probe ``v = z / sqrt(n)`` with
@@ -28,144 +32,61 @@ with a random orthogonal vector and coupling 0, which adds nodes of weight 0.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
-from torch import Tensor
 from tqdm.auto import tqdm
 
-from curvature._random import gaussian, make_generator, rademacher
-from curvature.eigen import _check_operator, _positive_int
+from curvature import checks
+from curvature.algorithms.probes import gaussian, make_generator, rademacher
 from curvature.errors import NonFiniteProductError
 from curvature.operators import CurvatureOperator
+from curvature.results import SpectralDensity
 
-__all__ = ["spectral_density", "SpectralDensity"]
-
-
-@dataclass(frozen=True, eq=False)
-class SpectralDensity:
-    """A stochastic-Lanczos-quadrature estimate of the eigenvalue density of ``H``.
-
-    Attributes
-    ----------
-    nodes : Tensor[num_probes, num_steps], float64 CPU
-        Gauss quadrature nodes (Ritz values) of each probe, ascending per row.
-    weights : Tensor[num_probes, num_steps], float64 CPU
-        Gauss quadrature weights of each probe (each row sums to 1).
-    num_matvecs : int
-        Operator products spent (``num_probes * num_steps``).
-    dim : int
-        ``n``, the operator's dimension.
-    product_error : float
-        The operator's :attr:`~curvature.CurvatureOperator.product_error` after the
-        run (0.0 for exact products): each node is uncertain by about this much.
-    """
-
-    nodes: Tensor
-    weights: Tensor
-    num_matvecs: int
-    dim: int
-    product_error: float = 0.0
-
-    @property
-    def lambda_min(self) -> float:
-        """Smallest node: converges to the smallest eigenvalue from above."""
-        return float(self.nodes.min())
-
-    @property
-    def lambda_max(self) -> float:
-        """Largest node: converges to the largest eigenvalue from below."""
-        return float(self.nodes.max())
-
-    def trace(self) -> float:
-        """SLQ estimate of ``tr(H) = n int t dphi(t)`` (the Hutchinson estimate of the same probes)."""
-        return float(self.dim * (self.weights * self.nodes).sum(1).mean())
-
-    def default_sigma(self) -> float:
-        """Broadening used when none is given: ``1e-3`` of the node range (or of ``max |node|``)."""
-        span = self.lambda_max - self.lambda_min
-        if span <= 0:
-            span = max(abs(self.lambda_max), 1.0)
-        return 1e-3 * span
-
-    def evaluate(self, grid: Tensor | np.ndarray | list[float], sigma: float | None = None) -> Tensor:
-        """Gaussian-broadened density on ``grid``.
-
-        ``phi_sigma(t) = (1/P) sum_p sum_l w_pl N(t; theta_pl, sigma^2)``: a probability
-        density (integrates to 1 over the real line). ``grid``: Tensor[G] of
-        eigenvalue positions; ``sigma``: the Gaussian standard deviation in eigenvalue
-        units (default :meth:`default_sigma`). Returns Tensor[G], float64.
-        """
-        t = torch.as_tensor(np.asarray(grid, dtype=np.float64)).reshape(-1)
-        sigma = self.default_sigma() if sigma is None else float(sigma)
-        if not (sigma > 0 and math.isfinite(sigma)):
-            raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
-        nodes = self.nodes.reshape(-1)
-        weights = self.weights.reshape(-1) / self.nodes.shape[0]
-        out = torch.empty_like(t)
-        norm = 1.0 / (sigma * math.sqrt(2 * math.pi))
-        for start in range(0, t.numel(), 4096):  # bounded [chunk, P * m] memory
-            d = (t[start : start + 4096, None] - nodes[None, :]) / sigma
-            out[start : start + 4096] = torch.exp(-0.5 * d.square()) @ weights * norm
-        return out
-
-    def plot(self, ax=None, log: bool = True, sigma: float | None = None, num_points: int = 4000):
-        """Draw the broadened density (log y-axis by default) with ``lambda_min``/``lambda_max`` marked.
-
-        Returns the matplotlib ``Axes`` (drawn by :func:`curvature.plots.plot_spectral_density`).
-        """
-        from curvature.plots import plot_spectral_density
-
-        return plot_spectral_density(self, ax=ax, log=log, sigma=sigma, num_points=num_points)
+__all__ = ["slq"]
 
 
-def spectral_density(
+def slq(
     op: CurvatureOperator,
+    num_steps: int,
+    num_probes: int,
     *,
-    num_steps: int = 80,
-    num_probes: int = 10,
-    seed: int | None = None,
+    generator: torch.Generator | None = None,
     probe_block: int | None = None,
     progress: bool = False,
 ) -> SpectralDensity:
-    """Stochastic Lanczos quadrature estimate of the spectral density of ``op``.
+    """Gauss quadratures of ``num_probes`` Rademacher probes, ``num_steps`` Lanczos steps each.
 
-    Parameters
-    ----------
-    op : CurvatureOperator
-        Symmetric ``n x n`` operator.
-    num_steps : int
-        Lanczos steps per probe, ``1 <= num_steps <= n`` (nodes per probe).
-    num_probes : int
-        Independent Rademacher probes.
-    seed : int, optional
-        Seeds the probes (a ``torch.Generator`` on ``op.device``).
-    probe_block : int, optional
-        Probes advanced together (memory ``probe_block * (num_steps + 2) * n``
-        numbers); default: as many as fit in 2**28 numbers, at most ``num_probes``.
-    progress : bool
-        Show a tqdm bar of the products spent.
+    Arguments as in :func:`curvature.spectral_density`, which checks them
+    (``1 <= num_steps <= n``); ``generator`` draws the probes (fresh entropy when
+    ``None``); ``probe_block=None`` advances as many probes together as fit in ``2**28``
+    numbers (at most ``num_probes``).
 
-    Returns
-    -------
-    SpectralDensity
-        ``nodes``/``weights`` (Tensor[num_probes, num_steps]), ``evaluate``, ``plot``.
+    Returns a :class:`~curvature.SpectralDensity` (nodes and weights
+    ``Tensor[num_probes, num_steps]``).
+
+    Raises:
+        TypeError: ``op`` is not a ``CurvatureOperator``.
+        NonFiniteProductError: a product holds NaN/inf (the message names the step and
+            the probe).
+
+    Example: with ``num_steps = n`` every node is an eigenvalue and every probe's weights
+    sum to 1, so the density's mean is ``tr(H) / n``.
+
+    >>> import torch, curvature as cv
+    >>> op = cv.DenseOperator(torch.diag(torch.tensor([4.0, 2.0, 1.0, -1.0])).double())
+    >>> dens = slq(op, 4, 3, generator=torch.Generator().manual_seed(0))
+    >>> sorted({round(v, 6) for v in dens.nodes.reshape(-1).tolist()})
+    [-1.0, 1.0, 2.0, 4.0]
+    >>> round(dens.trace(), 6)
+    6.0
     """
-    n = _check_operator(op, "spectral_density")
-    m = _positive_int(num_steps, "num_steps")
-    p = _positive_int(num_probes, "num_probes")
-    if not 1 <= m <= n:
-        raise ValueError(f"num_steps must satisfy 1 <= num_steps <= n = {n}, got {m}")
-    if p < 1:
-        raise ValueError(f"num_probes must be >= 1, got {p}")
+    n = checks.operator(op, "slq")
+    m, p = num_steps, num_probes
     if probe_block is None:
         probe_block = max(1, min(p, (1 << 28) // ((m + 2) * n)))
-    probe_block = _positive_int(probe_block, "probe_block")
-    if probe_block < 1:
-        raise ValueError(f"probe_block must be >= 1, got {probe_block}")
-    gen = make_generator(seed, op.device)
+    gen = make_generator(None, op.device) if generator is None else generator
     start_count = op.num_matvecs
     nodes = np.empty((p, m))
     weights = np.empty((p, m))

@@ -1,39 +1,17 @@
-"""Hutchinson, Hutch++ and the diagonal estimator against exact traces and diagonals."""
+"""The front doors ``trace`` (both methods) and ``diagonal``: interval coverage, probe
+blocks, reproducibility, float32, argument checks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from curvature.dense import dense_hessian
+from curvature.estimators import diagonal, trace
 from curvature.operators import CurvatureOperator, DenseOperator, HessianOperator
-from curvature.trace import diagonal, trace
 
-
-def designed(eigs, seed: int = 0) -> DenseOperator:
-    eigs = np.asarray(eigs, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    Q, _ = np.linalg.qr(rng.standard_normal((len(eigs), len(eigs))))
-    A = (Q * eigs) @ Q.T
-    return DenseOperator(torch.tensor(0.5 * (A + A.T)))
-
-
-def outlier_operator(seed: int = 0) -> DenseOperator:
-    """Five large outliers over a PSD bulk: ||H||_F is dominated by the outliers."""
-    rng = np.random.default_rng(seed)
-    return designed(np.concatenate([[50.0, 30.0, 20.0, 10.0, 5.0], rng.uniform(0, 1, 195)]), seed)
-
-
-def indefinite_operator(seed: int = 1) -> DenseOperator:
-    rng = np.random.default_rng(seed)
-    return designed(np.concatenate([[8.0, -6.0], rng.normal(0.2, 1.0, 118)]), seed)
-
-
-def exact_trace(op: DenseOperator) -> float:
-    return float(torch.trace(op.matrix))
+from .conftest import designed, exact_trace, indefinite_operator, outlier_operator, trace_problem
 
 
 @pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
@@ -50,82 +28,13 @@ def test_two_stderr_interval_coverage(method, make):
     assert 0.90 <= coverage <= 0.99, coverage
 
 
-def test_hutchpp_beats_hutchinson_on_outlier_spectrum():
-    op = outlier_operator()
-    tr = exact_trace(op)
-    err = {}
-    for method in ["hutchinson", "hutch++"]:
-        e = [trace(op, method=method, num_matvecs=60, seed=s).estimate - tr for s in range(100)]
-        err[method] = float(np.sqrt(np.mean(np.square(e))))
-    ratio = err["hutchinson"] / err["hutch++"]
-    print(f"RMS error at 60 matvecs: hutchinson {err['hutchinson']:.3g}, "
-          f"hutch++ {err['hutch++']:.3g}, ratio {ratio:.2f}")
-    assert ratio >= 3.0
-
-
-def test_hutchinson_stderr_matches_closed_form_variance():
-    # Var[z^T A z] = 2 (||A||_F^2 - sum_i A_ii^2) for Rademacher z.
-    op = indefinite_operator()
-    A = op.matrix
-    sd = float(torch.sqrt(2 * (A.square().sum() - torch.diagonal(A).square().sum())))
-    res = trace(op, method="hutchinson", num_matvecs=4000, seed=0)
-    assert abs(res.stderr * np.sqrt(4000) / sd - 1) < 0.1
-
-
-def small_problem():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(48, 5, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 3, (48,), generator=g)
-    torch.manual_seed(1)
-    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
-    return model, F.cross_entropy, (x, y)
-
-
-def test_hutchpp_exact_when_sketch_spans_space():
-    model, loss_fn, data = small_problem()
-    H = dense_hessian(model, loss_fn, data)
-    op = HessianOperator(model, loss_fn, data, dtype=torch.float64)
-    n = op.shape[0]
-    res = trace(op, method="hutch++", num_matvecs=3 * n + 2, seed=0)
-    assert res.num_matvecs == 3 * n + 2
-    assert abs(res.estimate - float(torch.trace(H))) <= 1e-9 * float(H.abs().sum())
-    assert res.stderr <= 1e-9 * float(H.abs().max())
-
-
 def test_trace_of_hessian_within_stderr():
-    model, loss_fn, data = small_problem()
+    model, loss_fn, data = trace_problem()
     tr = float(torch.trace(dense_hessian(model, loss_fn, data)))
     op = HessianOperator(model, loss_fn, data, dtype=torch.float64)
     for method in ["hutchinson", "hutch++"]:
         res = trace(op, method=method, num_matvecs=90, seed=3)
         assert abs(res.estimate - tr) <= 4 * res.stderr, (method, res, tr)
-
-
-def test_diagonal_coverage_and_accuracy():
-    op = indefinite_operator()
-    d = torch.diagonal(op.matrix)
-    hits = []
-    for seed in range(40):
-        res = diagonal(op, num_matvecs=100, seed=seed)
-        assert res.estimate.shape == d.shape and res.num_matvecs == 100
-        hits.append((res.estimate - d).abs() <= 2 * res.stderr)
-    coverage = float(torch.cat(hits).double().mean())
-    assert 0.90 <= coverage <= 0.99, coverage
-
-
-def test_diagonal_of_hessian():
-    model, loss_fn, data = small_problem()
-    d = torch.diagonal(dense_hessian(model, loss_fn, data))
-    op = HessianOperator(model, loss_fn, data, dtype=torch.float64)
-    res = diagonal(op, num_matvecs=400, seed=0)
-    z = ((res.estimate - d) / res.stderr.clamp_min(1e-300)).abs()
-    exact = res.stderr < 1e-12  # coordinates with no off-diagonal coupling are exact
-    assert torch.all(z[~exact] <= 5.0)
-    assert torch.allclose(res.estimate[exact], d[exact], atol=1e-10)
-    # The error shrinks like 1/sqrt(m): 16x the probes, ~1/4 of the error.
-    err_small = (diagonal(op, num_matvecs=25, seed=1).estimate - d).norm()
-    err_large = (res.estimate - d).norm()
-    assert err_large < 0.5 * err_small
 
 
 class Recording(CurvatureOperator):
