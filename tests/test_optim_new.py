@@ -302,7 +302,7 @@ def test_calibrate_learning_rate_matches_engine_lambda_max():
     x, y = torch.randn(64, 6, dtype=torch.float64), torch.randint(0, 3, (64,))
     batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
     loss_fn = nn.CrossEntropyLoss()
-    res = co.calibrate_learning_rate(model, loss_fn, batches, beta=0.05, max_iters=600, tol=0.01)
+    res = co.calibrate_learning_rate(model, loss_fn, batches, beta=0.05, max_iters=600)
     truth = cv.eigenvalues(cv.HessianOperator(model, loss_fn, batches), 1, tol=1e-8,
                            seed=0).values[0]
     print(f"calibrated lambda_max {res.lambda_max:.4f} vs Lanczos {truth:.4f} "

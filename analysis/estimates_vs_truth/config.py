@@ -90,6 +90,6 @@ OPTIMIZERS: dict[str, tuple[Callable[[torch.nn.Module], torch.optim.Optimizer], 
 }
 SAM_FAMILY = ["SAM", "AlphaSAM", "AcceleratedSAM", "ForwardSAM", "SASAM", "OnlineEigenSAM",
               "ASAM", "SAM-pinf", "Saddam"]
-CALIBRATE = {"rho": 1e-3, "beta": 0.05, "tol": 0.01, "window": 20, "batch_size": 64}
+CALIBRATE = {"rho": 1e-3, "beta": 0.05, "tol": 0.03, "window": 20, "batch_size": 64}
 """calibrate_learning_rate settings (LeCun's calibrate-then-fix, run at the initial weights)."""
 

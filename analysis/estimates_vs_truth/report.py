@@ -53,7 +53,8 @@ def _new_method_lines(v: Any, cal: pd.DataFrame) -> list[str]:
         last = cal.iloc[-1]
         lines.append(
             f"- **calibrate_learning_rate** (LeCun's calibrate-then-fix at the initial weights, "
-            f"batches of 64 from the probe set, rho 1e-3, beta 0.05): `||v||` = "
+            f"batches of 64 from the probe set, rho 1e-3, beta 0.05, stop rule tol 0.03 over "
+            f"windows of 20 updates): `||v||` = "
             f"{last.lambda_max:.4g} after {int(last.iteration)} updates "
             f"({int(last.gradients)} gradients, converged={bool(last.converged)}) against "
             f"Lanczos {last.truth:.4g} on the same examples (ratio "
@@ -266,7 +267,14 @@ def write_report(out: Path, hist: pd.DataFrame, table: pd.DataFrame, gaps: pd.Da
               "is taken at the current `w_t`, so part of their error is lag, by design of the "
               "methods.",
               "- The secant truth of `smoothness` uses the Hessian at `w_t`; the optimizer's "
-              "`||dg||/||dw||` integrates the Hessian along the segment from `w_{t-1}`.", ""]
+              "`||dg||/||dw||` integrates the Hessian along the segment from `w_{t-1}`.",
+              "- SA-SGD and SA-SAM are chaotic here (steps up to hundreds): float32 roundoff "
+              "differences of 1e-7 between two runs of the same code (seen in the other "
+              "optimizers' rows between report versions) grow into visibly different "
+              "trajectories, so their numbers move between reruns more than the others'.",
+              "- calibrate_learning_rate's `converged` means that `||v||` stopped moving "
+              "(spread and drift below the tolerance), not that it reached `lambda_max`: a "
+              "power iteration with `lambda_2/lambda_1` near 0.8 creeps up slowly.", ""]
     body = "\n".join(lines)
     finish_report(out, body, timer, quick, runtime_s=runtime_s, command=command)
 

@@ -27,10 +27,15 @@ Choices where the seed is ambiguous:
   correction is needed; ``||v||`` moves from 1 towards ``lambda``.
 * **Sign.** The iteration targets the largest *positive* eigenvalue (the seed's
   wording): a direction of negative curvature shrinks ``v`` instead of growing it.
-* **"Until ||v|| stabilises".** Converged when, over the last ``window`` iterations
-  (and after at least ``2 window``), ``(max - min)/mean`` of ``||v||`` is below ``tol``.
-  Otherwise ``converged=False`` after ``max_iters``; the estimate is still returned,
-  flagged.
+* **"Until ||v|| stabilises".** Converged when, after at least ``2 window`` updates,
+  both the spread ``(max - min)/mean`` of ``||v||`` over the last ``window`` updates is
+  below ``tol`` (batch noise has settled) and the means of the last two windows differ
+  by less than ``tol/10`` relative (no drift: a spread test alone passes while a slow
+  power iteration is still creeping up, and a drift test alone passes at the turning
+  point where the random start has died out and ``v_1`` not yet grown).  Otherwise
+  ``converged=False`` after ``max_iters``; the estimate is still returned, flagged.
+  "Converged" means stable, not exact: with an eigen-gap ``lambda_2/lambda_1 ~ 0.8`` the
+  stopped value was 0.97x Lanczos on two MLPs (``reports/estimates-vs-truth``).
 * **Mode.** The model runs in eval mode (dropout off, BatchNorm running statistics,
   which are left untouched), as the engine's Hessian does; ``train_mode=True`` uses
   training mode.  Weights, buffers and the mode are restored exactly.
@@ -91,8 +96,8 @@ def calibrate_learning_rate(
     *,
     rho: float = 1e-3,
     beta: float = 0.1,
-    max_iters: int = 300,
-    tol: float = 0.02,
+    max_iters: int = 600,
+    tol: float = 0.03,
     window: int = 20,
     params: Sequence[Tensor] | None = None,
     seed: int = 0,
@@ -109,7 +114,8 @@ def calibrate_learning_rate(
         beta: running-average weight of the newest product, in (0, 1].
         max_iters: most power-iteration updates.
         tol, window: stop when ``(max - min)/mean`` of ``||v||`` over the last
-            ``window`` updates is below ``tol`` (after at least ``2 window`` updates).
+            ``window`` updates is below ``tol`` and the last two window means differ
+            by less than ``tol/10`` (after at least ``2 window`` updates).
         params: the parameters to calibrate (default: those with ``requires_grad``).
         seed: seeds the random start ``v_0`` (own generator; global RNG untouched).
         train_mode: evaluate in training mode instead of eval mode.
@@ -174,7 +180,9 @@ def calibrate_learning_rate(
             if len(history) >= 2 * window:
                 last = history[-window:]
                 mean = sum(last) / window
-                if mean > 0 and (max(last) - min(last)) / mean < tol:
+                prev = sum(history[-2 * window:-window]) / window
+                if (mean > 0 and (max(last) - min(last)) / mean < tol
+                        and abs(mean - prev) / mean < tol / 10):
                     converged = True
                     break
     finally:
