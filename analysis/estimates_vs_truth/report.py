@@ -83,7 +83,7 @@ def write_report(out: Path, hist: pd.DataFrame, table: pd.DataFrame, gaps: pd.Da
         "by the batch size.",
         "",
         "Workloads (seed 0, batch 64, no momentum, no weight decay; hyperparameters in "
-        "`OPTIMIZERS` of `analysis/estimates_vs_truth.py`):",
+        "`OPTIMIZERS` of `analysis/estimates_vs_truth/config.py`):",
         "",
     ]
     for w in wls:
