@@ -4,7 +4,8 @@ checkpoints at chosen steps, optional curvature monitoring.
 Used by ``curvature train`` and ``curvature demo``. Every optimizer is stepped with
 the closure protocol (``opt.step(closure)``), which all torch optimizers accept and
 the two-gradient methods (SAM family) need; methods that differentiate the gradient
-(AdaHessian, IRE) get a closure that calls ``backward(create_graph=True)``.
+(AdaHessian, IRE, SGDHess, DiagHessianSGD) get a closure that calls
+``backward(create_graph=True)``.
 """
 
 from __future__ import annotations
@@ -49,13 +50,18 @@ OPTIMIZERS: dict[str, tuple[str, bool, bool, dict[str, Any]]] = {
     "forward-sam": ("curvature.optim:ForwardSAM", False, False, {}),
     "sa-sam": ("curvature.optim:SASAM", False, False, {}),
     "sa-sgd": ("curvature.optim:SASGD", False, False, {}),
-    "sgdhess": ("curvature.optim:SGDHess", False, False, {}),
+    "sam-inf": ("curvature.optim:SAM", True, False, {"p": float("inf")}),
+    "saddam": ("curvature.optim:Saddam", True, False, {}),
+    "sgdhess": ("curvature.optim:SGDHess", False, True, {}),
+    "extended-sgdhess": ("curvature.optim:ExtendedSGDHess", False, False, {}),
+    "diag-hessian-sgd": ("curvature.optim:DiagHessianSGD", False, True, {}),
     "adahessian": ("curvature.optim:AdaHessian", False, True, {}),
     "ire": ("curvature.optim:IRE", True, True, {}),
 }
 """Optimizer names of :func:`make_optimizer`. Any other ``torch.optim`` class name
 (case-insensitive, e.g. ``rmsprop``, ``adagrad``) is accepted too. Wrapping methods
-(SAM, ASAM, alpha-SAM, IRE) wrap ``torch.optim.SGD`` by default."""
+(SAM, ASAM, SAM with the sign (p = inf) ascent, alpha-SAM, Saddam, IRE) wrap
+``torch.optim.SGD`` by default (``--base-optimizer adam`` makes Saddam SAM + Adam)."""
 
 
 def _resolve(path: str) -> type:
@@ -136,9 +142,10 @@ def make_optimizer(
             if base_cls is None:
                 raise ValueError(f"unknown base optimizer {base!r} (a torch.optim class name)")
             base_kw = _accepted(base_cls, hyper)
-            if key == "asam":
-                kwargs["adaptive"] = True
-                base_kw.pop("adaptive", None)
+            for k, v in fixed.items():  # the wrapper's own fixed options (adaptive, p)
+                if k in sig:
+                    kwargs[k] = v
+                    base_kw.pop(k, None)
             opt = cls(params, base_cls, **kwargs, **base_kw, **dict(extra or {}))
             recorded = {**base_kw, **{k: v for k, v in kwargs.items() if k != "model"},
                         "base_optimizer": base_cls.__name__}

@@ -30,13 +30,14 @@ def test_estimates_vs_truth_quick(tmp_path):
     md = (out / "report.md").read_text()
     assert "## Reproduce" in md and "--quick" in md and "Runtime:" in md
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert len(pngs) == 7, pngs
+    assert len(pngs) == 8, pngs
     for name in pngs:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in md, f"{name} not shown in report.md"
     hist = pd.read_csv(out / "history.csv")
     expected = {"SGD", "Adam", "SAM", "OnlineEigenSAM", "AlphaSAM", "AcceleratedSAM", "ForwardSAM",
-                "SASGD", "SASAM", "SGDHess", "AdaHessian", "IRE"}
+                "SASGD", "SASAM", "ExtendedSGDHess", "AdaHessian", "IRE", "ASAM", "SAM-pinf",
+                "Saddam", "SGDHess", "DiagHessianSGD"}
     for wl in ("digits-mlp", "wide-mlp"):
         assert set(hist.loc[hist.workload == wl, "optimizer"]) == expected
     assert np.isfinite(hist[["lambda_max_full", "trace_full"]].to_numpy()).all()
@@ -47,6 +48,12 @@ def test_estimates_vs_truth_quick(tmp_path):
     # by more than its finite-difference error
     s = hist[hist.optimizer == "SAM"]
     assert (s.lambda_max <= 1.2 * s.lambda_max_truth_batch.abs()).all()
+    # SGDHess's product is exact autograd: it must agree with the monitor's to roundoff
+    sg = hist[(hist.optimizer == "SGDHess")]["hvp_rel_error"].dropna()
+    assert len(sg) and (sg < 1e-4).all()
+    cal = pd.read_csv(out / "calibrate.csv")
+    assert set(cal.workload) == {"digits-mlp", "wide-mlp"}
+    assert np.isfinite(cal[["norm_v", "truth"]].to_numpy()).all() and (cal.truth > 0).all()
     summary = pd.read_csv(out / "summary.csv")
     assert {"median_rel_error", "iqr_rel_error", "median_ratio", "correlation"} <= set(summary.columns)
     assert {"lambda_max", "smoothness", "hvp", "hessian_diag", "noise_variance"} <= set(summary.estimate)

@@ -17,7 +17,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 import curvature as cv
 from curvature.monitor import CurvatureMonitor, exact_diagonal, preserved_rng
-from curvature.optim import SAM, SASGD, AdaHessian, SGDHess
+from curvature.optim import SAM, SASGD, AdaHessian, ExtendedSGDHess
 from curvature.optim.online_eigen_sam import OnlineEigenSAM
 
 LF = torch.nn.CrossEntropyLoss()
@@ -150,7 +150,7 @@ def test_sasgd_smoothness_truth_is_exact_secant():
 
 def test_sgdhess_noise_truth_closed_form_ggn_and_per_example_variance():
     d, model, probe = _problem(3)
-    opt = SGDHess(model.parameters(), lr=0.1)
+    opt = ExtendedSGDHess(model.parameters(), lr=0.1)
     mon = _monitor(model, probe, opt)
     seen = _train(model, opt, d, 2, mon)
     step, w_t, batch = seen[-1]

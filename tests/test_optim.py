@@ -94,13 +94,16 @@ def close(actual, expected, tol=1e-11):
 
 
 # ----------------------------------------------------------------- references (numpy)
-def ref_sam(a, c, w, *, rho, alpha=1.0, adaptive=False, lr, momentum=0.0, wd=0.0):
-    """alpha-SAM / (A)SAM followed by torch.optim.SGD (momentum, L2 weight decay)."""
+def ref_sam(a, c, w, *, rho, alpha=1.0, adaptive=False, lr, momentum=0.0, wd=0.0, eta=0.01):
+    """alpha-SAM / (A)SAM followed by torch.optim.SGD (momentum, L2 weight decay).
+
+    ASAM: T = |w| + eta on every coordinate (unnamed parameters count as weights)."""
     ws, ests, buf = [], [], None
     for _ in range(STEPS):
         g = a @ (w - c)
         if adaptive:
-            e = rho * w * w * g / np.linalg.norm(np.abs(w) * g)
+            t = np.abs(w) + eta
+            e = rho * t * t * g / np.linalg.norm(t * g)
         else:
             e = rho * g / np.linalg.norm(g)
         g_adv = a @ (w + e - c)
@@ -267,11 +270,11 @@ def test_smoothness_adaptive_trajectory(sam, same_batch):
     assert pb.calls == per_step * 10 - (1 if same_batch else 0)
 
 
-def test_sgdhess_trajectory():
+def test_extended_sgdhess_trajectory():
     a, c, w0 = make_quadratic(7)
     lr, rho, (b1, b2), wd = 0.05, 3.0, (0.8, 0.9), 0.01
     pb = Problem(a, c, w0)
-    opt = co.SGDHess(pb.groups, lr=lr, rho=rho, betas=(b1, b2), weight_decay=wd)
+    opt = co.ExtendedSGDHess(pb.groups, lr=lr, rho=rho, betas=(b1, b2), weight_decay=wd)
     ws, ests = run(pb, opt)
     w, m, eps, v = w0.copy(), np.zeros(N), np.zeros(N), np.zeros(N)
     for t in range(STEPS):
@@ -332,7 +335,7 @@ def test_adahessian_trajectory_general_quadratic_same_probes():
             zs = [torch.cat([z.reshape(-1) for z in rademacher_like(pb.params, gen)]).numpy()
                   for _ in range(2)]
             d = spatial_block_mean(sum(z * (a @ z) for z in zs) / 2)
-            v = b2 * v + (1 - b2) * d * d
+        v = b2 * v + (1 - b2) * d * d  # the kept d enters v on every step (reference code)
         m = b1 * m + (1 - b1) * g
         w = w - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
         close(ws[t - 1], w)
@@ -447,8 +450,10 @@ def test_sam_cross_check_pytorch_optimizer():
         theirs = torch.stack(theirs)
         if adaptive:
             model, x, y = mlp_problem(2)
+            # pytorch_optimizer's ASAM uses T = |w| (no eta, biases included): eta=0 and
+            # unnamed parameters reproduce it
             ours_a = train(model, x, y, co.SAM(model.parameters(), torch.optim.SGD, rho=0.05,
-                                               adaptive=True, lr=0.2, momentum=0.9,
+                                               adaptive=True, eta=0.0, lr=0.2, momentum=0.9,
                                                weight_decay=1e-3), 8)
             # their global norm is accumulated in float32
             torch.testing.assert_close(ours_a, theirs, rtol=1e-8, atol=1e-8)

@@ -41,7 +41,11 @@ OPTIMIZERS = {
     "ForwardSAM": (lambda ps: co.ForwardSAM(ps), False),
     "SASGD": (lambda ps: co.SASGD(ps), False),
     "SASAM": (lambda ps: co.SASAM(ps), False),
-    "SGDHess": (lambda ps: co.SGDHess(ps), False),
+    "SAM-pinf": (lambda ps: co.SAM(ps, SGD, rho=0.01, p=float("inf"), **BASE), False),
+    "Saddam": (lambda ps: co.Saddam(ps, torch.optim.Adam, lr=0.01), False),
+    "SGDHess": (lambda ps: co.SGDHess(ps), True),
+    "ExtendedSGDHess": (lambda ps: co.ExtendedSGDHess(ps), False),
+    "DiagHessianSGD": (lambda ps: co.DiagHessianSGD(ps, seed=0), True),
     "AdaHessian": (lambda ps: co.AdaHessian(ps, seed=0), True),
     "IRE": (lambda ps: co.IRE(ps, SGD, seed=0, **BASE), True),
 }
@@ -55,7 +59,11 @@ ESTIMATE_KEYS = {
     "ForwardSAM": {"hvp", "hvp_direction", "lambda_max"},
     "SASGD": {"smoothness", "smoothness_direction"},
     "SASAM": {"smoothness", "smoothness_direction", "hvp", "hvp_direction", "lambda_max"},
-    "SGDHess": {"noise_variance"},
+    "SAM-pinf": {"hvp", "hvp_direction", "lambda_max"},
+    "Saddam": {"hvp", "hvp_direction", "lambda_max"},
+    "SGDHess": {"hvp", "hvp_direction"},
+    "ExtendedSGDHess": {"noise_variance"},
+    "DiagHessianSGD": {"hessian_diag"},
     "AdaHessian": {"hessian_diag"},
     "IRE": {"hessian_diag"},
 }
@@ -301,7 +309,17 @@ def test_bad_input_is_reported():
     with pytest.raises(ValueError, match="rho=inf"):
         co.SAM(p, SGD, rho=float("inf"), lr=0.1)
     with pytest.raises(ValueError, match="betas"):
-        co.SGDHess(p, betas=(0.9, 1.0))
+        co.ExtendedSGDHess(p, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="momentum"):
+        co.SGDHess(p, momentum=1.0)
+    with pytest.raises(ValueError, match="clip"):
+        co.SGDHess(p, clip=0.0)
+    with pytest.raises(ValueError, match="p=1.0"):
+        co.SAM(p, SGD, p=1.0, lr=0.1)
+    with pytest.raises(ValueError, match="beta"):
+        co.DiagHessianSGD(p, beta=1.0)
+    with pytest.raises(ValueError, match="rho"):
+        co.Saddam(p, SGD, rho=float("nan"), lr=0.1)
     with pytest.raises(ValueError, match="hessian_power"):
         co.AdaHessian(p, hessian_power=2.0)
     with pytest.raises(ValueError, match="diag"):
@@ -346,7 +364,7 @@ def test_cuda_matches_cpu(name):
                         {k: (v.cpu() if isinstance(v, torch.Tensor) else v)
                          for k, v in opt.estimates.items()}))
     (p_cpu, e_cpu), (p_gpu, e_gpu) = results
-    if name in ("AdaHessian", "IRE"):  # the CUDA generator draws a different probe stream
+    if name in ("AdaHessian", "IRE", "DiagHessianSGD"):  # the CUDA generator draws a different probe stream
         assert all(torch.isfinite(p).all() for p in p_gpu)
         return
     for a, b in zip(p_cpu, p_gpu):

@@ -15,14 +15,20 @@ from analysis.estimates_vs_truth import __doc__ as _package_doc
 from analysis.estimates_vs_truth.config import OPTIMIZERS, workloads
 from analysis.estimates_vs_truth.figures import (
     fig_bias,
+    fig_calibrate,
     fig_corrected,
     fig_full,
     fig_scalars,
     fig_vectors,
 )
 from analysis.estimates_vs_truth.report import write_report
-from analysis.estimates_vs_truth.runs import run_one
-from analysis.estimates_vs_truth.tables import corrected_noise, gap_table, summary_table
+from analysis.estimates_vs_truth.runs import run_calibration, run_one
+from analysis.estimates_vs_truth.tables import (
+    calibration_rows,
+    corrected_noise,
+    gap_table,
+    summary_table,
+)
 from analysis.harness.cli import base_parser, command_line
 from analysis.harness.report import markdown_table
 from analysis.harness.timing import Timer
@@ -49,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown optimizers {bad}; choose from {list(OPTIMIZERS)}")
     if args.report_only:
         hist = pd.read_csv(out / "history.csv")
+        cal = pd.read_csv(out / "calibrate.csv")
         meta = json.loads((out / "run.json").read_text())
         run_times = meta["run_times"]
     else:
@@ -65,9 +72,20 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         hist = pd.concat(hists, ignore_index=True)
         hist.to_csv(out / "history.csv", index=False)
+        cals = []
+        if not args.optimizers:
+            for wl in wls:
+                t = Timer()
+                cals.append(run_calibration(wl, seed=0, quick=args.quick))
+                run_times[f"{wl.name}/calibrate_learning_rate"] = t.elapsed
+        cal = pd.concat(cals, ignore_index=True) if cals else pd.DataFrame()
+        if cals:
+            cal.to_csv(out / "calibrate.csv", index=False)
         meta = {"run_times": run_times, "runtime_s": timer.elapsed, "command": command_line()}
         (out / "run.json").write_text(json.dumps(meta, indent=1))
     table = summary_table(hist)
+    if len(cal):
+        table = pd.concat([table, calibration_rows(cal)], ignore_index=True)
     table.to_csv(out / "summary.csv", index=False)
     if args.optimizers:  # exploration run: tables only, the report needs every optimizer
         print(markdown_table(table, floatfmt="{:.3g}"))
@@ -76,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     gaps = gap_table(hist, table)
     gaps.to_csv(out / "corrected_lambda_max.csv", index=False)
     figs = {"bias": fig_bias(hist, wls, out), "corrected": fig_corrected(hist, wls, out),
-            "full": fig_full(hist, wls, out)}
+            "full": fig_full(hist, wls, out), "calibrate": fig_calibrate(cal, wls, out)}
     for wl in wls:
         figs[wl.name + "_scalar"] = fig_scalars(hist, wl, out)
         figs[wl.name + "_vector"] = fig_vectors(hist, noise, wl, out)
-    write_report(out, hist, table, gaps, noise, figs, wls, timer, args.quick, run_times,
+    write_report(out, hist, table, gaps, noise, cal, figs, wls, timer, args.quick, run_times,
                  runtime_s=meta["runtime_s"], command=meta["command"])
     print(f"wrote {out / 'report.md'} in {timer.elapsed:.0f} s")
     return 0

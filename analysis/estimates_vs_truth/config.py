@@ -16,7 +16,10 @@ from curvature.optim import (
     AcceleratedSAM,
     AdaHessian,
     AlphaSAM,
+    DiagHessianSGD,
+    ExtendedSGDHess,
     ForwardSAM,
+    Saddam,
     SGDHess,
 )
 from curvature.optim.online_eigen_sam import OnlineEigenSAM
@@ -71,9 +74,22 @@ OPTIMIZERS: dict[str, tuple[Callable[[torch.nn.Module], torch.optim.Optimizer], 
     "ForwardSAM": (lambda m: ForwardSAM(m.parameters(), lr=0.1, alpha=0.005), False),
     "SASGD": (lambda m: SASGD(m.parameters(), lr=0.1), False),
     "SASAM": (lambda m: SASAM(m.parameters(), lr=0.1), False),
-    "SGDHess": (lambda m: SGDHess(m.parameters(), lr=0.1, betas=(0.9, SGDHESS_BETA2)), False),
+    "ExtendedSGDHess": (lambda m: ExtendedSGDHess(m.parameters(), lr=0.1,
+                                                   betas=(0.9, SGDHESS_BETA2)), False),
     "AdaHessian": (lambda m: AdaHessian(m.parameters(), lr=0.05, seed=0), True),
     "IRE": (lambda m: IRE(m.parameters(), torch.optim.SGD, k=2.0, lr=0.1, seed=0), True),
+    # issue 14: the fixed ASAM (T_w = |w| + eta, biases T = 1) and the new methods
+    "ASAM": (lambda m: SAM(m.named_parameters(), torch.optim.SGD, rho=0.5, adaptive=True,
+                           lr=0.1), False),
+    # sign ascent; rho = 0.05 / sqrt(n_digits) keeps ||e||_2 near SAM's 0.05 on the digits MLP
+    "SAM-pinf": (lambda m: SAM(m.parameters(), torch.optim.SGD, rho=0.001, p=float("inf"),
+                               lr=0.1), False),
+    "Saddam": (lambda m: Saddam(m.parameters(), torch.optim.Adam, rho=0.05, lr=3e-3), False),
+    "SGDHess": (lambda m: SGDHess(m.parameters(), lr=0.1, momentum=0.9), True),
+    "DiagHessianSGD": (lambda m: DiagHessianSGD(m.parameters(), lr=0.1, rho=0.1, seed=0), True),
 }
-SAM_FAMILY = ["SAM", "AlphaSAM", "AcceleratedSAM", "ForwardSAM", "SASAM", "OnlineEigenSAM"]
+SAM_FAMILY = ["SAM", "AlphaSAM", "AcceleratedSAM", "ForwardSAM", "SASAM", "OnlineEigenSAM",
+              "ASAM", "SAM-pinf", "Saddam"]
+CALIBRATE = {"rho": 1e-3, "beta": 0.05, "tol": 0.03, "window": 20, "batch_size": 64}
+"""calibrate_learning_rate settings (LeCun's calibrate-then-fix, run at the initial weights)."""
 

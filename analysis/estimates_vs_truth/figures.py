@@ -57,8 +57,8 @@ def fig_vectors(hist: pd.DataFrame, noise: pd.DataFrame, wl: Workload, out: Path
     h = hist[hist["workload"] == wl.name]
     nz = noise[noise["workload"] == wl.name]
     series = [(o, "hvp", "") for o in SAM_FAMILY] + [
-        ("AdaHessian", "hessian_diag", ""), ("IRE", "hessian_diag", ""),
-        ("SGDHess", "noise_variance", "_exact")]
+        ("SGDHess", "hvp", ""), ("AdaHessian", "hessian_diag", ""), ("IRE", "hessian_diag", ""),
+        ("DiagHessianSGD", "hessian_diag", ""), ("ExtendedSGDHess", "noise_variance", "_exact")]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12.5, 5.2))
     for i, (o, k, suffix) in enumerate(series):
         g = h[h.optimizer == o]
@@ -66,12 +66,13 @@ def fig_vectors(hist: pd.DataFrame, noise: pd.DataFrame, wl: Workload, out: Path
         if col not in g or g[col].isna().all():
             continue
         lab = f"{o}: {k}" + (" (vs per-example var/B)" if suffix else "")
-        style = dict(marker="os^vDPXh*"[i % 9], color=f"C{i}", ms=4)
-        a1.plot(g.step, g[col], "-", label=lab, **style)
-        a2.plot(g.step, g[f"{k}_cosine{suffix}"], "-", label=lab, **style)
+        style = dict(marker="os^vDPXh*<>p"[i % 12], color=f"C{i % 10}", ms=4,
+                     ls="-" if i < 10 else "--")
+        a1.plot(g.step, g[col], label=lab, **style)
+        a2.plot(g.step, g[f"{k}_cosine{suffix}"], label=lab, **style)
     if len(nz):
         a1.plot(nz.step, nz["noise_variance_corrected_rel_error_exact"], "--", color="k", marker="*",
-                ms=5, label="SGDHess: noise_variance / (1 - beta2^t)")
+                ms=5, label="ExtendedSGDHess: noise_variance / (1 - beta2^t)")
     a1.set_yscale("log")
     a1.set_ylabel("relative error  ||est - exact|| / ||exact||")
     a2.set_ylabel("cosine(est, exact)")
@@ -98,7 +99,7 @@ def fig_bias(hist: pd.DataFrame, wls: list[Workload], out: Path) -> str:
             if "hvp_direction_top_cosine" not in g or g["lambda_max"].isna().all():
                 continue
             ax.scatter(g["hvp_direction_top_cosine"], g["lambda_max"] / g["lambda_max_truth_batch"],
-                       s=18, color=f"C{i}", marker="os^vDP"[i % 6], label=o, alpha=0.8)
+                       s=18, color=f"C{i % 10}", marker="os^vDPXh*"[i % 9], label=o, alpha=0.8)
         c = np.linspace(1e-3, 1, 200)
         ax.plot(c, c, "k:", lw=1, label="lower bound |cos| (||Hu|| >= lambda_1 |c_1|)")
         ax.axhline(1.0, color="0.5", lw=1)
@@ -165,3 +166,28 @@ def fig_full(hist: pd.DataFrame, wls: list[Workload], out: Path) -> str:
     name = "full_curvature.png"
     return _save(fig, out, name)
 
+
+
+def fig_calibrate(cal: pd.DataFrame, wls: list[Workload], out: Path) -> str:
+    """calibrate_learning_rate's ||v_k|| against the engine's lambda_max (same examples)."""
+    fig, axes = plt.subplots(1, len(wls), figsize=(6.2 * len(wls), 4.0), squeeze=False)
+    for ax, wl in zip(axes[0], wls):
+        c = cal[cal.workload == wl.name]
+        if not len(c):
+            ax.axis("off")
+            continue
+        ax.plot(c.iteration, c.norm_v, "-", color="C0", label="||v_k||  (calibrate_learning_rate)")
+        ax.plot(c.iteration, c.rayleigh, "-", color="C1", alpha=0.5, lw=0.8,
+                label="v_hat . y_k  (per-batch Rayleigh quotient)")
+        ax.axhline(float(c.truth.iloc[0]), color=COLORS["full"], ls=":",
+                   label="Lanczos lambda_max, same examples")
+        ax.set_yscale("log")
+        ax.set_xlabel("power-iteration update k (one batch of 64 each)")
+        ax.set_ylabel("top Hessian eigenvalue")
+        ax.set_title(wl.label + " -- initial weights", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle("LeCun's calibrate-then-fix: running power iteration vs the engine's lambda_max",
+                 fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out, "calibrate_learning_rate.png")

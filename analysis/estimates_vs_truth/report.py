@@ -15,8 +15,56 @@ from analysis.harness.report import finish_report, markdown_table
 from analysis.harness.timing import Timer
 
 
+def _fmt(x: float, spec: str = ".2f") -> str:
+    return "n/a" if not np.isfinite(x) else format(x, spec)
+
+
+def _new_method_lines(v: Any, cal: pd.DataFrame) -> list[str]:
+    """Bullets for the estimates of issue 14's fixed and new methods (one workload)."""
+    lines = []
+    for opt, what in (("ASAM", "ASAM (`T_w = |w| + eta`, eta 0.01, biases `T = 1`; rho 0.5)"),
+                      ("SAM-pinf", "SAM with the sign ascent (`p = inf`, rho 0.001)"),
+                      ("Saddam", "Saddam (ForwardSAM's secant fed to Adam, rho 0.05)")):
+        lines.append(
+            f"- **{what}**: `hvp` median relative error "
+            f"{_fmt(v(opt, 'hvp', 'exact, batch', 'median_rel_error'), '.3g')} (cosine "
+            f"{_fmt(v(opt, 'hvp', 'exact, batch', 'median_cosine'))}); `lambda_max = ||H u||` "
+            f"{_fmt(v(opt, 'lambda_max', 'exact, batch', 'median_ratio'))}x the batch and "
+            f"{_fmt(v(opt, 'lambda_max', 'exact, probe set', 'median_ratio'))}x the probe-set "
+            f"truth." + (" Its secant mixes two batches, like ForwardSAM's: it is gradient "
+                         "noise more than curvature." if opt == "Saddam" else ""))
+    lines.append(
+        f"- **SGDHess** (Tran & Cutkosky) computes `H u` along its last step by autograd on its "
+        f"batch: median relative error "
+        f"{_fmt(v('SGDHess', 'hvp', 'exact, batch', 'median_rel_error'), '.1e')} against the "
+        f"monitor's product (both exact; the difference is float32 roundoff), cosine "
+        f"{_fmt(v('SGDHess', 'hvp', 'exact, batch', 'median_cosine'), '.4f')}: a check of the "
+        f"plumbing, not an estimator.")
+    lines.append(
+        f"- **DiagHessianSGD**'s `hessian_diag` (bias-corrected EMA, beta 0.99, of one-probe "
+        f"Hutchinson diagonals over past weights and batches): median cosine "
+        f"{_fmt(v('DiagHessianSGD', 'hessian_diag', 'exact, batch', 'median_cosine'))} with the "
+        f"exact batch diagonal, relative error "
+        f"{_fmt(v('DiagHessianSGD', 'hessian_diag', 'exact, batch', 'median_rel_error'))}, norm "
+        f"ratio {_fmt(v('DiagHessianSGD', 'hessian_diag', 'exact, batch', 'median_ratio'))} "
+        f"(AdaHessian's single probe: cosine "
+        f"{_fmt(v('AdaHessian', 'hessian_diag', 'exact, batch', 'median_cosine'))}).")
+    if len(cal):
+        last = cal.iloc[-1]
+        lines.append(
+            f"- **calibrate_learning_rate** (LeCun's calibrate-then-fix at the initial weights, "
+            f"batches of 64 from the probe set, rho 1e-3, beta 0.05, stop rule tol 0.03 over "
+            f"windows of 20 updates): `||v||` = "
+            f"{last.lambda_max:.4g} after {int(last.iteration)} updates "
+            f"({int(last.gradients)} gradients, converged={bool(last.converged)}) against "
+            f"Lanczos {last.truth:.4g} on the same examples (ratio "
+            f"{last.lambda_max / last.truth:.3f}); the fixed rate `1/||v||` = {last.lr:.3g}.")
+    return lines
+
+
 def write_report(out: Path, hist: pd.DataFrame, table: pd.DataFrame, gaps: pd.DataFrame,
-                 noise: pd.DataFrame, figs: dict[str, Any], wls: list[Workload], timer: Timer,
+                 noise: pd.DataFrame, cal: pd.DataFrame, figs: dict[str, Any],
+                 wls: list[Workload], timer: Timer,
                  quick: bool, run_times: dict[str, float], *, runtime_s: float,
                  command: str) -> None:
     W = [w.name for w in wls]
@@ -35,7 +83,7 @@ def write_report(out: Path, hist: pd.DataFrame, table: pd.DataFrame, gaps: pd.Da
         "by the batch size.",
         "",
         "Workloads (seed 0, batch 64, no momentum, no weight decay; hyperparameters in "
-        "`OPTIMIZERS` of `analysis/estimates_vs_truth.py`):",
+        "`OPTIMIZERS` of `analysis/estimates_vs_truth/config.py`):",
         "",
     ]
     for w in wls:
@@ -130,19 +178,19 @@ def write_report(out: Path, hist: pd.DataFrame, table: pd.DataFrame, gaps: pd.Da
             f"{v('IRE', 'hessian_diag', 'exact, batch', 'median_rel_error'):.2f} although it mixes "
             f"past weights and batches. (AdaHessian's update uses the square of `D` in an EMA "
             f"with beta_2 0.999, which averages far more.)",
-            f"- **Noise variance (SGDHess).** `v_t` has the right shape (median cosine "
-            f"{v('SGDHess', 'noise_variance', 'per-example variance / B', 'median_cosine'):.2f} "
+            f"- **Noise variance (ExtendedSGDHess, the seed's noise-extraction variant).** `v_t` has the right shape (median cosine "
+            f"{v('ExtendedSGDHess', 'noise_variance', 'per-example variance / B', 'median_cosine'):.2f} "
             f"with the exact per-example gradient variance / B, "
-            f"{v('SGDHess', 'noise_variance', 'GGN diag / B', 'median_cosine'):.2f} with "
-            f"diag(GGN) / B) but {v('SGDHess', 'noise_variance', 'per-example variance / B', 'median_ratio'):.3f}x "
+            f"{v('ExtendedSGDHess', 'noise_variance', 'GGN diag / B', 'median_cosine'):.2f} with "
+            f"diag(GGN) / B) but {v('ExtendedSGDHess', 'noise_variance', 'per-example variance / B', 'median_ratio'):.3f}x "
             f"its size: `v_0 = 0` and beta_2 = 0.999 fill the average only after ~1000 steps. "
             f"The Adam-style correction `v_t / (1 - beta_2^t)` moves the median norm ratio to "
             f"{nrc:.2f} and the median relative error from "
-            f"{v('SGDHess', 'noise_variance', 'per-example variance / B', 'median_rel_error'):.2f} "
+            f"{v('ExtendedSGDHess', 'noise_variance', 'per-example variance / B', 'median_rel_error'):.2f} "
             f"to {nec:.2f}; what remains is the estimator's own scale (the extracted noise "
             f"`eps_t - eps_hat_t` is a filtered difference of gradients, not the gradient noise "
             f"itself) and the lag of a 1000-step average. In norm diag(GGN) / B is "
-            f"{v('SGDHess', 'noise_variance', 'per-example variance / B', 'median_ratio') / v('SGDHess', 'noise_variance', 'GGN diag / B', 'median_ratio'):.1f}x "
+            f"{v('ExtendedSGDHess', 'noise_variance', 'per-example variance / B', 'median_ratio') / v('ExtendedSGDHess', 'noise_variance', 'GGN diag / B', 'median_ratio'):.1f}x "
             f"the per-example variance / B: the GGN is the Fisher under the model's own "
             f"predictive distribution, not the true-label gradient covariance, so it is a "
             f"proxy for the direction of the noise (cosine above), not for its size.",
@@ -168,6 +216,7 @@ def write_report(out: Path, hist: pd.DataFrame, table: pd.DataFrame, gaps: pd.Da
             f"and with them `v_1`, keep moving. Its correlation with the probe-set truth over "
             f"probes is {v('OnlineEigenSAM', 'lambda_max', 'exact, probe set', 'correlation'):.2f} "
             f"(SAM {v('SAM', 'lambda_max', 'exact, probe set', 'correlation'):.2f}).",
+            *_new_method_lines(v, cal[cal.workload == wl] if len(cal) else cal),
             "",
         ]
 
@@ -182,6 +231,12 @@ def write_report(out: Path, hist: pd.DataFrame, table: pd.DataFrame, gaps: pd.Da
               "", f"![corrected]({figs['corrected']})", "",
               f"![bias]({figs['bias']})", ""]
 
+    if len(cal):
+        lines += ["## Calibrate-then-fix learning rate", "",
+                  "`cv.optim.calibrate_learning_rate` (accelerated-sam-adaptive-lr.md, steps 1-8) "
+                  "before training, against the engine's Lanczos `lambda_max` of the same "
+                  "examples; `calibrate.csv` holds every update.", "",
+                  f"![calibrate]({figs['calibrate']})", ""]
     lines += ["## Estimates over training", ""]
     for wl in W:
         lines += [f"### {wl}", "", f"![scalars]({figs[wl + '_scalar']})", "",
@@ -207,11 +262,19 @@ def write_report(out: Path, hist: pd.DataFrame, table: pd.DataFrame, gaps: pd.Da
               "- One seed per workload; correlations over the 15 probes of a run are noisy.",
               "- The wide-MLP Hessian diagonal truth is itself a 256-probe Hutchinson estimate "
               "(relative standard error about 1/16 of the one-probe estimate's).",
-              "- IRE's and SGDHess's estimates are running averages over past weights; the truth "
+              "- IRE's, ExtendedSGDHess's and DiagHessianSGD's estimates are running averages over "
+              "past weights; the truth "
               "is taken at the current `w_t`, so part of their error is lag, by design of the "
               "methods.",
               "- The secant truth of `smoothness` uses the Hessian at `w_t`; the optimizer's "
-              "`||dg||/||dw||` integrates the Hessian along the segment from `w_{t-1}`.", ""]
+              "`||dg||/||dw||` integrates the Hessian along the segment from `w_{t-1}`.",
+              "- SA-SGD and SA-SAM are chaotic here (steps up to hundreds): float32 roundoff "
+              "differences of 1e-7 between two runs of the same code (seen in the other "
+              "optimizers' rows between report versions) grow into visibly different "
+              "trajectories, so their numbers move between reruns more than the others'.",
+              "- calibrate_learning_rate's `converged` means that `||v||` stopped moving "
+              "(spread and drift below the tolerance), not that it reached `lambda_max`: a "
+              "power iteration with `lambda_2/lambda_1` near 0.8 creeps up slowly.", ""]
     body = "\n".join(lines)
     finish_report(out, body, timer, quick, runtime_s=runtime_s, command=command)
 

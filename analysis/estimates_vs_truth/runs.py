@@ -8,7 +8,8 @@ import pandas as pd
 import torch
 
 import curvature as cv
-from analysis.estimates_vs_truth.config import OPTIMIZERS, Workload
+from analysis.estimates_vs_truth.config import CALIBRATE, OPTIMIZERS, Workload
+from analysis.harness.timing import Timer
 
 
 def run_one(w: Workload, opt_name: str, *, seed: int, quick: bool, progress: bool) -> pd.DataFrame:
@@ -62,3 +63,32 @@ def run_one(w: Workload, opt_name: str, *, seed: int, quick: bool, progress: boo
     h["train_loss_batch"] = h["step"].map(losses)
     return h
 
+
+
+def run_calibration(w: Workload, *, seed: int, quick: bool) -> pd.DataFrame:
+    """LeCun's calibrate-then-fix at the initial weights, against Lanczos on the same examples.
+
+    The probe set is split into batches of ``CALIBRATE["batch_size"]`` examples ("a few
+    examples" per update, cycled); the truth is the top eigenvalue of the Hessian of the
+    mean loss over the same examples (``cv.eigenvalues``, tol 1e-6).  One row per update.
+    """
+    data = cv.load_dataset(w.data)
+    torch.manual_seed(seed)
+    model = cv.build_model(w.model, **w.model_kwargs)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x, y = data.x_train[: w.probe_examples], data.y_train[: w.probe_examples]
+    bs = CALIBRATE["batch_size"]
+    batches = [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
+    t = Timer()
+    res = cv.optim.calibrate_learning_rate(
+        model, loss_fn, batches, rho=CALIBRATE["rho"], beta=CALIBRATE["beta"],
+        tol=CALIBRATE["tol"], window=CALIBRATE["window"], max_iters=60 if quick else 600,
+        seed=seed)
+    seconds = t.elapsed
+    truth = float(cv.eigenvalues(cv.HessianOperator(model, loss_fn, batches), 1, tol=1e-6,
+                                 seed=seed).values[0])
+    return pd.DataFrame({
+        "workload": w.name, "iteration": range(1, res.iterations + 1), "norm_v": res.history,
+        "rayleigh": res.rayleigh, "truth": truth, "lambda_max": res.lambda_max, "lr": res.lr,
+        "converged": res.converged, "gradients": res.gradients, "seconds": seconds,
+    })

@@ -62,11 +62,11 @@ def summary_table(hist: pd.DataFrame) -> pd.DataFrame:
 
 
 def corrected_noise(hist: pd.DataFrame) -> pd.DataFrame:
-    """SGDHess's ``v_t`` divided by ``1 - beta_2^t`` (Adam-style bias correction).
+    """ExtendedSGDHess's ``v_t`` divided by ``1 - beta_2^t`` (Adam-style bias correction).
 
     The cosine is scale-free; norm ratio ``r`` scales by the correction; the relative
     error follows from ``||r e_hat - t_hat||^2 = r^2 - 2 r cos + 1`` (unit vectors)."""
-    h = hist[hist["optimizer"] == "SGDHess"].copy()
+    h = hist[hist["optimizer"] == "ExtendedSGDHess"].copy()
     corr = 1.0 - SGDHESS_BETA2 ** h["step"].to_numpy(float)
     for suffix in ("", "_exact"):
         r = h[f"noise_variance_norm_ratio{suffix}"] / corr
@@ -109,3 +109,19 @@ def gap_table(hist: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
                              / np.nanmax(sam.lambda_max_full))})
     return pd.DataFrame(rows)
 
+
+
+def calibration_rows(cal: pd.DataFrame) -> pd.DataFrame:
+    """Summary rows of calibrate_learning_rate: final ``||v||`` against Lanczos (one per
+    workload; ``probes`` = power-iteration updates taken)."""
+    rows = []
+    for wl, c in cal.groupby("workload", sort=False):
+        last = c.iloc[-1]
+        late = c.tail(max(1, len(c) // 4))  # spread over the last quarter of the updates
+        rows.append({"workload": wl, "optimizer": "calibrate_learning_rate",
+                     "estimate": "lambda_max", "truth": "exact, probe set (initial weights)",
+                     "median_rel_error": abs(last.lambda_max / last.truth - 1),
+                     "iqr_rel_error": _iqr((late.norm_v / late.truth - 1).abs().to_numpy()),
+                     "median_ratio": last.lambda_max / last.truth, "correlation": math.nan,
+                     "median_cosine": math.nan, "probes": int(len(c))})
+    return pd.DataFrame(rows)

@@ -55,7 +55,7 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
     "AntiSAM (a=-1)": ("alpha-sam", {"lr": 0.1, "rho": 0.05,
                                      "optimizer_kwargs": {"alpha": -1.0}}),
     "AdaHessian": ("adahessian", {"lr": 0.15}),
-    "SGDHess": ("sgdhess", {"lr": 0.1, "rho": 100.0}),
+    "SGDHess": ("extended-sgdhess", {"lr": 0.1, "rho": 100.0}),
     "IRE": ("ire", {"lr": 0.1}),
 }
 SAM_FAMILY = ["SAM", "SA-SAM", "AcceleratedSAM", "alpha-SAM (a=2)"]

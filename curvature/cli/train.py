@@ -39,15 +39,16 @@ def register(sub: Any) -> None:
     tr.add_argument("--loss", choices=("ce", "mse"), default=None,
                     help="loss (default: ce for classification, mse for regression)")
     tr.add_argument("--optimizer", default="sgd",
-                    help="sgd, momentum, adam, sam, asam, alpha-sam, accelerated-sam, "
-                         "forward-sam, sa-sam, sa-sgd, sgdhess, adahessian, ire, or any "
-                         "torch.optim class name (default sgd)")
+                    help="sgd, momentum, adam, sam, asam, sam-inf, alpha-sam, accelerated-sam, "
+                         "forward-sam, saddam, sa-sam, sa-sgd, sgdhess, extended-sgdhess, "
+                         "diag-hessian-sgd, adahessian, ire, or any torch.optim class name "
+                         "(default sgd)")
     tr.add_argument("--lr", type=positive_float, default=0.1, help="learning rate (default 0.1)")
     tr.add_argument("--momentum", type=float, default=None, help="momentum (SGD-type methods)")
     tr.add_argument("--rho", type=float, default=None, help="SAM radius (SAM-type methods)")
     tr.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
     tr.add_argument("--base-optimizer", default="sgd",
-                    help="base optimizer of SAM/ASAM/alpha-SAM/IRE (default sgd)")
+                    help="base optimizer of SAM/ASAM/alpha-SAM/Saddam/IRE (default sgd)")
     tr.add_argument("--optimizer-kwargs", type=json_object, default={},
                     help="further JSON keyword arguments of the optimizer")
     length = tr.add_mutually_exclusive_group()

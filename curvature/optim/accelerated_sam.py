@@ -19,7 +19,13 @@ times too long, hence the Adam-style correction by default.  ``momentum > 0`` ap
 heavy-ball momentum (torch.optim.SGD convention) to ``g_{t+1/2} + wd w``.
 
 Estimates: ``lambda_max = ||h_hat_t||`` (float), and for the current step's pair
-``hvp = (g_{t+1/2} - g_t)/rho``, ``hvp_direction = g_t/||g_t||`` (flat).
+``hvp = (g_{t+1/2} - g_t)/rho``, ``hvp_direction = g_t/||g_t||`` (flat).  Each pair is
+``H u_t`` along the gradient direction ``u_t``, so ``||hvp||`` is an unsigned lower
+bound on the largest |eigenvalue| (equal only when ``u_t`` is a top eigenvector), and
+``||h_t||``, the norm of an *average of vectors along changing directions*, is lower
+still: ``lambda_max`` here is the norm of the averaged SAM pair, not the top eigenvalue,
+and the step ``lr/||h_t||`` is correspondingly longer than ``lr/lambda_max``
+(``reports/estimates-vs-truth``).  Parameters without a gradient are skipped.
 """
 
 from __future__ import annotations
@@ -92,6 +98,7 @@ class AcceleratedSAM(CurvatureOptimizer):
         with torch.enable_grad():
             loss = closure()
         self._record_point()
+        has_grad = [q.grad is not None for q in params]
         g = self._grads(params, clone=True)
         scale = safe_div(torch.ones_like(global_norm(g)), global_norm(g)) * rho
         e = torch._foreach_mul(g, scale)
@@ -119,9 +126,13 @@ class AcceleratedSAM(CurvatureOptimizer):
 
         i = 0
         for group in self.param_groups:
-            ps = group["params"]
-            d = g_adv[i:i + len(ps)]
-            i += len(ps)
+            n = len(group["params"])
+            keep = [j for j in range(i, i + n) if has_grad[j]]  # torch.optim skips grad None
+            i += n
+            if not keep:
+                continue
+            ps = [params[j] for j in keep]
+            d = [g_adv[j] for j in keep]
             if group["weight_decay"] != 0:
                 d = torch._foreach_add(d, ps, alpha=group["weight_decay"])
             if group["momentum"] != 0:

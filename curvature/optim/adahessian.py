@@ -22,8 +22,13 @@ averaging (Yao et al., Sec. 3.3): for a parameter with ``ndim >= 3`` (a conv ker
 that the gradients carry their graph; ``step`` differentiates them once more
 (``num_samples`` Hessian-vector products) and then detaches ``p.grad``, which frees
 the graph.  A closure without ``create_graph=True`` raises a ``RuntimeError``
-saying so.  ``update_each = k`` recomputes ``D`` only every ``k`` steps (``v`` is
-then left unchanged in between, as in the reference implementation).
+saying so.  ``update_each = k`` recomputes ``D`` only every ``k`` steps and, as in
+the reference implementation (Yao et al.'s code), the kept ``D`` enters ``v_t`` on
+*every* step, so ``v_t`` and its bias correction ``1 - beta_2^t`` count the same
+steps and ``sqrt(v_hat_t) = |D|`` for a constant ``D`` (an earlier version updated
+``v`` only on refresh steps, which made the steps up to ``sqrt(k)`` too long).
+Parameters without a gradient are skipped (no decay, no moments), as in torch.optim;
+``t`` counts each parameter's own updates.
 
 Randomness: ``seed=None`` draws the probes from the global torch generator (one
 ``randint`` per parameter, in order); an integer ``seed`` derives the stream from
@@ -109,42 +114,47 @@ class AdaHessian(CurvatureOptimizer):
         loss = self._evaluate_and_record(closure)
         params = self._params()
         head = self.state[params[0]]
-        t = head.get("step", 0) + 1
-        head["step"] = t
-        if (t - 1) % self.update_each == 0:
-            gen = step_generator(self.seed, t, params[0].device)
+        t_h = head.get("hessian_step", 0) + 1  # schedule of the Hessian refresh
+        head["hessian_step"] = t_h
+        if (t_h - 1) % self.update_each == 0:
+            gen = step_generator(self.seed, t_h, params[0].device)
             diag = hutchinson_diagonal(params, self.num_samples, gen, "AdaHessian")
             diag = [spatial_average(d) for d in diag]
             for p, d in zip(params, diag):
-                self.state[p]["hessian_diag"] = d
-            fresh = True
+                if p.grad is not None or "hessian_diag" not in self.state[p]:
+                    self.state[p]["hessian_diag"] = d
         else:
-            fresh = False
             for p in params:
                 if p.grad is not None:
                     p.grad = p.grad.detach()
         for group in self.param_groups:
-            ps = group["params"]
+            ps = [p for p in group["params"] if p.grad is not None]  # as torch.optim
+            if not ps:
+                continue
             g = self._grads(ps)
             for p in ps:
                 s = self.state[p]
                 if "exp_avg" not in s:
+                    s["step"] = 0
                     s["exp_avg"] = torch.zeros_like(p)
                     s["exp_hessian_diag_sq"] = torch.zeros_like(p)
+                s["step"] += 1
             m = [self.state[p]["exp_avg"] for p in ps]
             v = [self.state[p]["exp_hessian_diag_sq"] for p in ps]
+            d = [self.state[p]["hessian_diag"] for p in ps]
             b1, b2 = group["betas"]
             torch._foreach_lerp_(m, g, 1.0 - b1)
-            if fresh:
-                d = [self.state[p]["hessian_diag"] for p in ps]
-                torch._foreach_mul_(v, b2)
-                torch._foreach_addcmul_(v, d, d, value=1.0 - b2)
-            bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
-            denom = torch._foreach_div(v, bc2)
+            # the kept diagonal enters v on every step, so 1 - beta_2^t matches v
+            torch._foreach_mul_(v, b2)
+            torch._foreach_addcmul_(v, d, d, value=1.0 - b2)
+            steps = [self.state[p]["step"] for p in ps]
+            bc1 = [1.0 - b1**t for t in steps]
+            denom = torch._foreach_div(v, [1.0 - b2**t for t in steps])
             torch._foreach_pow_(denom, group["hessian_power"] / 2.0)
             torch._foreach_add_(denom, group["eps"])
             if group["weight_decay"] != 0:
                 torch._foreach_mul_(ps, 1.0 - group["lr"] * group["weight_decay"])
-            torch._foreach_addcdiv_(ps, m, denom, value=-group["lr"] / bc1)
+            torch._foreach_mul_(denom, bc1)  # m_hat / denom = m / (bc1 denom)
+            torch._foreach_addcdiv_(ps, m, denom, value=-group["lr"])
         self.estimates = {"hessian_diag": flat([self.state[p]["hessian_diag"] for p in params])}
         return loss

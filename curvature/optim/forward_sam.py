@@ -39,8 +39,12 @@ The two questions the seed leaves open, and the choices made here:
   every step and suits full-batch training.
 
 Estimates (only on corrected steps; ``{}`` otherwise): ``hvp`` and
-``hvp_direction = d_{t-1}/||d_{t-1}||`` (flat), ``lambda_max = ||hvp||`` (float).
-Note ``u = d/||d|| ~ -g/||g||`` for plain steps: the sign is that of the step.
+``hvp_direction = d_{t-1}/||d_{t-1}||`` (flat), ``lambda_max = ||hvp|| = ||H u||`` (float;
+an unsigned lower bound on the largest |eigenvalue|, equal only when ``u`` is a top
+eigenvector).  Note ``u = d/||d|| ~ -g/||g||`` for plain steps: the sign is that of the
+step.  With mini-batches and ``same_batch_pairs=False`` the secant mixes two batches
+and is dominated by gradient noise (``reports/estimates-vs-truth``).  Parameters without
+a gradient are skipped; a step that did not move the weights is not corrected.
 """
 
 from __future__ import annotations
@@ -48,10 +52,50 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from curvature.optim._common import Closure, CurvatureOptimizer, flat, global_norm, safe_div
+from curvature.optim._common import Closure, CurvatureOptimizer, flat, global_norm
 
-__all__ = ["ForwardSAM"]
+__all__ = ["ForwardSAM", "forward_secant"]
+
+
+def forward_secant(opt: CurvatureOptimizer, params: list[Tensor], g: list[Tensor],
+                   pairs: bool) -> list[Tensor] | None:
+    """The secant ``(g_t - g_{t-1}) / ||w_t - w_{t-1}||`` per parameter, or ``None``.
+
+    Keeps ``prev_grad`` / ``prev_param`` in ``opt.state`` and the step count in the
+    state of ``params[0]``; sets ``opt.estimates`` (``{}`` on uncorrected steps).  No
+    correction on the first step, on the even steps of ``pairs`` mode, and when the
+    weights did not move (``||d|| = 0``: the difference would be gradient noise only).
+    """
+    head = opt.state[params[0]]
+    t = head.get("step", 0)
+    head["step"] = t + 1
+    correct = "prev_grad" in head and (not pairs or t % 2 == 1)
+    fd = None
+    opt.estimates = {}
+    if correct:
+        d = torch._foreach_sub(params, [opt.state[p]["prev_param"] for p in params])
+        d_norm = global_norm(d)
+        if bool(d_norm > 0):
+            fd = torch._foreach_sub(g, [opt.state[p]["prev_grad"] for p in params])
+            inv = torch.ones_like(d_norm) / d_norm
+            torch._foreach_mul_(fd, inv)
+            opt.estimates = {
+                "hvp": flat(fd),
+                "hvp_direction": flat(d) * inv,
+                "lambda_max": float(global_norm(fd)),
+            }
+    keep = not (pairs and correct)  # a pair is used once
+    for p, gp in zip(params, g):
+        s = opt.state[p]
+        if keep:
+            s["prev_grad"] = gp
+            s["prev_param"] = p.detach().clone()
+        else:
+            s.pop("prev_grad", None)
+            s.pop("prev_param", None)
+    return fd
 
 
 class ForwardSAM(CurvatureOptimizer):
@@ -85,48 +129,24 @@ class ForwardSAM(CurvatureOptimizer):
             loss = closure()
         self._record_point()
         params = self._params()
+        has_grad = [q.grad is not None for q in params]
         g = self._grads(params, clone=True)
-        head = self.state[params[0]]
-        t = head.get("step", 0)
-        head["step"] = t + 1
-        pairs = self.param_groups[0]["same_batch_pairs"]
-        correct = "prev_grad" in head and (not pairs or t % 2 == 1)
-
-        fd = None
-        if correct:
-            d = torch._foreach_sub(params, [self.state[p]["prev_param"] for p in params])
-            d_norm = global_norm(d)
-            fd = torch._foreach_sub(g, [self.state[p]["prev_grad"] for p in params])
-            inv = safe_div(torch.ones_like(d_norm), d_norm)
-            torch._foreach_mul_(fd, inv)
-            self.estimates = {
-                "hvp": flat(fd),
-                "hvp_direction": flat(d) * inv,
-                "lambda_max": float(global_norm(fd)),
-            }
-        else:
-            self.estimates = {}
-
-        keep = not (pairs and correct)  # a pair is used once
-        for p, gp in zip(params, g):
-            s = self.state[p]
-            if keep:
-                s["prev_grad"] = gp
-                s["prev_param"] = p.detach().clone()
-            else:
-                s.pop("prev_grad", None)
-                s.pop("prev_param", None)
+        fd = forward_secant(self, params, g, self.param_groups[0]["same_batch_pairs"])
 
         i = 0
         for group in self.param_groups:
-            ps = group["params"]
-            direction = list(g[i:i + len(ps)])
+            n = len(group["params"])
+            keep = [j for j in range(i, i + n) if has_grad[j]]  # torch.optim skips grad None
+            i += n
+            if not keep:
+                continue
+            ps = [params[j] for j in keep]
+            direction = [g[j] for j in keep]
             if group["weight_decay"] != 0:
                 direction = torch._foreach_add(direction, ps, alpha=group["weight_decay"])
             if fd is not None and group["alpha"] != 0:
-                direction = torch._foreach_add(direction, fd[i:i + len(ps)],
+                direction = torch._foreach_add(direction, [fd[j] for j in keep],
                                                alpha=-group["alpha"] / group["lr"])
-            i += len(ps)
             if group["momentum"] != 0:
                 direction = self._heavy_ball(ps, direction, group["momentum"])
             torch._foreach_add_(ps, direction, alpha=-group["lr"])

@@ -24,6 +24,10 @@ Because ``P_t`` multiplies the base update, it works with any base optimizer
 (SGD, momentum, Adam(W)); momentum and weight decay live in ``Delta_t``.
 
 Estimate: ``hessian_diag`` = the bias-corrected EMA ``h`` that defines the mask (flat).
+With ``diag="fisher"`` this is an EMA of *squared gradients* ``g * g`` exposed under the
+name ``hessian_diag``: an empirical-Fisher proxy (always >= 0, units of squared
+gradient, of the size of the gradient noise), not an estimate of diag(H); compare it
+with diag(H) for its direction only.
 """
 
 from __future__ import annotations

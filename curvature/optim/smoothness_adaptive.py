@@ -29,8 +29,10 @@ the loss itself, so it is comparable with the loss Hessian.
 
 Estimates (from step 1 on): ``smoothness = L_t`` (float) and
 ``smoothness_direction = w_t - w_{t-1}`` (flat ``dw``; the exact secant is
-``||H dw|| / ||dw||``).  SA-SAM also gives the SAM-pair estimates ``hvp``,
-``hvp_direction``, ``lambda_max`` (see :mod:`curvature.optim.sam`) on every step.
+``||H dw|| / ||dw||``, a lower bound on the largest |eigenvalue|, not an estimate of
+it).  SA-SAM also gives the SAM-pair estimates ``hvp``, ``hvp_direction`` and
+``lambda_max = ||H u||`` (an unsigned lower bound on the largest |eigenvalue|, see
+:mod:`curvature.optim.sam`) on every step.  Parameters without a gradient are skipped.
 The adaptive step is ``opt.step_size``.  ``eta_t`` and ``theta_t`` stay on the
 device (0-d tensors in the state of the first parameter, as torch.optim.LBFGS keeps
 its global state); the scalar estimates are read back with one host sync per step.
@@ -52,6 +54,7 @@ from curvature.optim._common import (
     global_norm,
     safe_div,
 )
+from curvature.optim.sam import pair_estimates
 
 __all__ = ["SASGD", "SASAM"]
 
@@ -93,6 +96,7 @@ class _SmoothnessAdaptive(CurvatureOptimizer):
         with torch.enable_grad():
             loss = closure()
         self._record_point()
+        has_grad = [q.grad is not None for q in params]
         g = self._grads(params, clone=True)
         head = self.state[params[0]]
         estimates: dict[str, Any] = {}
@@ -125,12 +129,10 @@ class _SmoothnessAdaptive(CurvatureOptimizer):
             gn = global_norm(g)
             e = torch._foreach_mul(g, safe_div(torch.sqrt(eta), gn))  # rho_t = sqrt(eta_t)
             g_adv = self._eval_at(params, torch._foreach_add(params, e), closure)
-            e_flat = flat(e)
-            e_norm = torch.linalg.vector_norm(e_flat)
-            hvp = safe_div(flat(g_adv) - flat(g), e_norm)
-            estimates["hvp"] = hvp
-            estimates["hvp_direction"] = safe_div(e_flat, e_norm)
-            scalars["lambda_max"] = torch.linalg.vector_norm(hvp)
+            pair = pair_estimates(flat(e), flat(g), flat(g_adv))
+            estimates["hvp"] = pair["hvp"]
+            estimates["hvp_direction"] = pair["hvp_direction"]
+            estimates["lambda_max"] = pair["lambda_max"]
             descent = g_adv
 
         for p, gp in zip(params, g):
@@ -142,9 +144,13 @@ class _SmoothnessAdaptive(CurvatureOptimizer):
 
         i = 0
         for group in self.param_groups:
-            ps = group["params"]
-            d = descent[i:i + len(ps)]
-            i += len(ps)
+            n = len(group["params"])
+            keep = [j for j in range(i, i + n) if has_grad[j]]  # torch.optim skips grad None
+            i += n
+            if not keep:
+                continue
+            ps = [params[j] for j in keep]
+            d = [descent[j] for j in keep]
             if group["weight_decay"] != 0:
                 d = torch._foreach_add(d, ps, alpha=group["weight_decay"])
             torch._foreach_add_(ps, torch._foreach_mul(d, -eta))
