@@ -33,7 +33,9 @@ class EigenResult:
     vectors : Tensor[n, k], operator dtype and device
         Unit-norm eigenvector estimates; column ``i`` belongs to ``values[i]``.
     residuals : Tensor[k], float64 on the CPU
-        ``||H v_i - lambda_i v_i||_2`` (same units as the eigenvalues).
+        ``||H v_i - lambda_i v_i||_2`` (same units as the eigenvalues). With
+        finite-difference products, a bound on it: the measured residual plus
+        ``product_error``.
     converged : bool
         ``True`` when every pair met the tolerance (see ``converged_mask``).
     num_matvecs : int

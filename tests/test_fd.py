@@ -229,3 +229,22 @@ def test_columns_in_groups_under_a_memory_bound():
     assert e[1] == 0 and torch.all(hv[:, 1] == 0)
     for j in (0, 2):
         assert err(hv[:, j], ref[:, j]) <= float(e[j]) * float(V[:, j].norm()) < 1e-6
+
+
+def test_fd_residuals_bound_the_true_residuals():
+    """With finite-difference products the reported residual is the measured one plus
+    ``product_error``: it bounds ``||H v - lambda v||`` computed with exact products."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(20, 6), torch.randint(0, 3, (20,))
+    exact = cv.HessianOperator(model, F.cross_entropy, (x, y), dtype=torch.float64)
+    for method in ("fd", "fd-central"):
+        op = cv.HessianOperator(model, F.cross_entropy, (x, y), method=method)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", cv.ConvergenceWarning)
+            res = cv.eigenvalues(op, k=2, tol=1e-2, seed=0)
+        V = res.vectors.double()
+        true = torch.linalg.vector_norm(exact @ V - V * res.values, dim=0)
+        assert res.product_error > 0
+        assert torch.all(true <= res.residuals), (method, true, res.residuals)
+        assert torch.all(res.residuals >= res.product_error)

@@ -234,11 +234,11 @@ def gpt2(vocab: int = 8) -> nn.Module:
         bos_token_id=0, eos_token_id=0, attn_implementation="eager")))
 
 
-def vit(classes: int = 3) -> nn.Module:
+def vit(classes: int = 3, attn: str = "eager") -> nn.Module:
     return ViTLogits(ViTConfig(
         image_size=4, patch_size=2, num_channels=1, hidden_size=4, num_hidden_layers=1,
         num_attention_heads=2, intermediate_size=8, num_labels=classes,
-        attn_implementation="eager"))
+        attn_implementation=attn))
 '''
 
 def load_factories(folder: Path):
@@ -321,4 +321,31 @@ def test_vit_through_the_cli_with_a_safetensors_state_dict(factory_dir, monkeypa
     y = rng.integers(0, 3, size=10)
     run_cli_here(factory_dir, analyze_args(factory_dir, "vit", factory_dir / "vit.safetensors",
                                            x, y), monkeypatch, capsys)
+    compare_summary(factory_dir, "vit", x, y, model)
+
+
+def test_fused_attention_through_the_cli_refused_in_one_line_or_run_by_finite_differences(
+        factory_dir, monkeypatch, capsys):
+    """transformers' default attention (sdpa) has no double backward on the CPU: the exact
+    analysis exits 2 with one line naming the way out, and ``--hvp-method fd-central``
+    gives the float64 truth of the (identical) eager model."""
+    from curvature.cli import main
+
+    torch.manual_seed(6)
+    model = load_factories(factory_dir).vit()
+    torch.save(model.state_dict(), factory_dir / "vit-sdpa.pt")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((10, 1, 4, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=10)
+    args = analyze_args(factory_dir, "vit", factory_dir / "vit-sdpa.pt", x, y)
+    args += ["--model-kwargs", '{"attn": "sdpa"}']
+    monkeypatch.chdir(factory_dir)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(factory_dir))])
+    try:
+        assert main(args) == 2
+    finally:
+        sys.modules.pop("hf_factories", None)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--hvp-method" in err and "eager" in err
+    run_cli_here(factory_dir, args + ["--hvp-method", "fd-central"], monkeypatch, capsys)
     compare_summary(factory_dir, "vit", x, y, model)

@@ -57,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``curvature`` console script; returns the exit status."""
-    from curvature.errors import CheckpointError, InputError, ModelFactoryError
+    from curvature.errors import (
+        CheckpointError,
+        DoubleBackwardError,
+        InputError,
+        ModelFactoryError,
+    )
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -82,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # bad checkpoints, factories, data, files, option values: the library's checks
     except (CheckpointError, ModelFactoryError, InputError, FileNotFoundError, ValueError) as e:
         print(f"curvature: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except DoubleBackwardError as e:  # a model the exact products cannot differentiate twice
+        print(f"curvature: error: {one_line(e)} (command line: --hvp-method fd-central, or "
+              "build the model without the fused kernel, e.g. HuggingFace "
+              "attn_implementation='eager')", file=sys.stderr)
         return 2
     except FloatingPointError as e:
         print(f"curvature: error: {one_line(e)}", file=sys.stderr)

@@ -82,6 +82,9 @@ def register(sub: Any) -> None:
                    help="examples per batch in Hessian products")
     g.add_argument("--dtype", choices=("float32", "float64"), default=None,
                    help="computation dtype (default float64 on CPU, float32 on GPU)")
+    g.add_argument("--hvp-method", choices=("exact", "fd", "fd-central"), default="exact",
+                   help="Hessian products: exact double backward, or finite differences of "
+                        "gradients for models without second derivatives (e.g. fused attention)")
     g.add_argument("--no-test", action="store_true", help="analyse the training split only")
     add_common(an)
     an.set_defaults(run=run)
@@ -93,6 +96,7 @@ def _config(args: argparse.Namespace):
     return AnalysisConfig(
         **{_field(option): getattr(args, _field(option)) for option, _, _ in _CONFIG_OPTIONS},
         seed=args.seed, dtype=args.dtype, device=args.device, progress=not args.quiet,
+        hvp_method=args.hvp_method,
     )
 
 

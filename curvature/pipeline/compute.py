@@ -101,7 +101,9 @@ def analyze(
 
     datasets = [("train", data)] + ([("test", test_data)] if test_data is not None else [])
     for split, batches in datasets:
-        op = HessianOperator(work, loss_fn, batches, device=device, dtype=dtype)
+        op = HessianOperator(
+            work, loss_fn, batches, method=config.hvp_method, device=device, dtype=dtype
+        )
         with _timed(timings, f"{split}_loss_gradient"):
             g = op.gradient()
             loss = op.loss()

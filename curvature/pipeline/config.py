@@ -15,10 +15,13 @@ from typing import Any
 
 from curvature.inputs import InputError
 
-__all__ = ["METRICS", "AnalysisConfig", "resolve_config"]
+__all__ = ["HVP_METHODS", "METRICS", "AnalysisConfig", "resolve_config"]
 
 METRICS = ("eigenvalues", "trace", "density", "landscape")
 """Names accepted by ``AnalysisConfig.metrics`` (``--metrics``)."""
+
+HVP_METHODS = ("exact", "fd", "fd-central")
+"""Product methods accepted by ``AnalysisConfig.hvp_method`` (``--hvp-method``)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class AnalysisConfig:
         dtype: computation dtype (``None``: float64 on CPU, float32 elsewhere).
         device: where to compute (``None``: the model's device).
         progress: tqdm bars on stderr.
+        hvp_method: how Hessian products are computed: ``"exact"`` (double backward),
+            ``"fd"`` or ``"fd-central"`` (finite differences of gradients, for models
+            whose kernels have no second derivative; see :class:`HessianOperator`).
     """
 
     metrics: tuple[str, ...] = METRICS
@@ -59,6 +65,7 @@ class AnalysisConfig:
     dtype: str | None = None
     device: str | None = None
     progress: bool = False
+    hvp_method: str = "exact"
 
     def __post_init__(self) -> None:
         bad = [m for m in self.metrics if m not in METRICS]
@@ -75,6 +82,10 @@ class AnalysisConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
                 raise InputError(f"{name} must be a positive number, got {v!r}")
+        if self.hvp_method not in HVP_METHODS:
+            raise InputError(
+                f"hvp_method must be one of {', '.join(HVP_METHODS)}, got {self.hvp_method!r}"
+            )
         if self.dtype not in (None, "float32", "float64"):
             raise InputError(f"dtype must be float32 or float64, got {self.dtype!r}")
 
