@@ -1,6 +1,6 @@
 """curvature: Hessian curvature analysis for PyTorch.
 
-One Hessian-vector-product engine (:mod:`curvature.engine`) behind symmetric
+One data loop (:mod:`curvature.data_loop`) under symmetric
 linear operators (:mod:`curvature.operators`) feeds every estimator: extreme
 eigenvalues (:mod:`curvature.eigen`), trace and diagonal (:mod:`curvature.trace`)
 and the spectral density (:mod:`curvature.density`). Optimizers with exposed
@@ -16,7 +16,6 @@ from curvature.checkpoint import (
     save_checkpoint,
 )
 from curvature.data import Dataset, load_dataset
-from curvature.dense import dense_hessian
 from curvature.density import SpectralDensity, spectral_density
 from curvature.eigen import eigenvalues
 from curvature.errors import (
@@ -30,7 +29,13 @@ from curvature.errors import (
 from curvature.landscape import Landscape, loss_landscape_1d, loss_landscape_2d
 from curvature.models import MODELS, build_model, count_parameters
 from curvature.monitor import CurvatureMonitor
-from curvature.operators import CurvatureOperator, DenseOperator, GGNOperator, HessianOperator
+from curvature.operators import (
+    CurvatureOperator,
+    DenseOperator,
+    GGNOperator,
+    HessianOperator,
+    dense_hessian,
+)
 from curvature.results import ConvergenceWarning, DiagonalResult, EigenResult, TraceResult
 from curvature.trace import diagonal, trace
 

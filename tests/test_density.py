@@ -14,10 +14,10 @@ from scipy.stats import wasserstein_distance
 from torch import nn
 
 from curvature._random import make_generator, rademacher
-from curvature.dense import dense_hessian
 from curvature.density import SpectralDensity, spectral_density
 from curvature.eigen import eigenvalues
 from curvature.operators import CurvatureOperator, DenseOperator, HessianOperator
+from curvature.operators.dense import dense_hessian
 from curvature.trace import trace
 
 matplotlib.use("Agg")

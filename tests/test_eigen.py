@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curvature.dense import dense_hessian
 from curvature.eigen import eigenvalues
 from curvature.operators import CurvatureOperator, DenseOperator, HessianOperator
+from curvature.operators.dense import dense_hessian
 from curvature.results import ConvergenceWarning
 
 METHODS = ["lanczos", "power"]

@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import curvature as cv
-from curvature import engine
+from curvature.operators import ggn as ggn_room
 
 
 @pytest.fixture(autouse=True)
@@ -164,7 +164,7 @@ def test_dense_hessian_of_layernorm_matches_handwritten_formula():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 3))
     x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
-    problem = cv.HessianOperator(model, F.cross_entropy, (x, y)).problem
+    problem = cv.HessianOperator(model, F.cross_entropy, (x, y)).risk
 
     def by_hand(w):
         p = problem.unflatten(w)
@@ -205,7 +205,7 @@ def test_ggn_equals_jacobian_sandwich(digits, loss):
     model = mlp()
     op = cv.GGNOperator(model, loss, (X, y))
     w = op.params
-    problem = op.problem
+    problem = op.risk
     J = torch.func.jacrev(lambda w: problem.forward(w, X))(w).reshape(-1, w.numel())
     out = problem.forward(w, X).detach()
     Hout = torch.func.hessian(lambda z: loss(z.reshape(out.shape), y))(out.reshape(-1))
@@ -278,15 +278,15 @@ def test_chunked_and_cached_matmat_match(digits):
     for _ in range(3):  # graphs built on the first call, reused afterwards
         assert rel(cached @ V, ref) < 1e-13
         assert rel(cached @ V[:, 0], ref[:, 0]) < 1e-13
-    assert len(cached.problem._graphs) == 2
+    assert cached.products.num_cached_graphs == 2
     auto = cv.HessianOperator(model, F.cross_entropy, data)  # small graphs: cached
-    assert rel(auto @ V, ref) < 1e-13 and len(auto.problem._graphs) == 2
+    assert rel(auto @ V, ref) < 1e-13 and auto.products.num_cached_graphs == 2
     bounded = cv.HessianOperator(model, F.cross_entropy, data, max_cache_bytes=1024)
-    assert rel(bounded @ V, ref) < 1e-13 and len(bounded.problem._graphs) == 0
-    assert bounded.problem._paths.batched is not None  # the faster column path was chosen
+    assert rel(bounded @ V, ref) < 1e-13 and bounded.products.num_cached_graphs == 0
+    assert bounded.products.paths.batched is not None  # the faster column path was chosen
     for batched in (True, False):  # both column paths, whichever timing picks
         forced = cv.HessianOperator(model, F.cross_entropy, data)
-        forced.problem._paths.batched = batched  # shared by operators on this model
+        forced.products.paths.batched = batched  # shared by operators on this model
         assert rel(forced @ V, ref) < 1e-13
 
 
@@ -299,37 +299,37 @@ def test_chunks_sized_from_measured_memory(digits, monkeypatch):
     V = probe_block(H.shape[0], 10)
     free = cv.HessianOperator(model, F.cross_entropy, data)
     assert rel(free @ V, H @ V) < 1e-10
-    per_column = free.problem._column_bytes
+    per_column = free.products.column_bytes
     assert per_column > 0  # measured on the first batch's gradient graph
-    assert free.problem.chunk_for(10, None, 2**30) is None  # 1 GiB: all columns at once
-    assert free.problem.chunk_for(10, None, 2.5 * per_column) == 2
-    assert free.problem.chunk_for(10, None, 0.1 * per_column) == 1
-    assert free.problem.chunk_for(10, 4, 0.1 * per_column) == 4  # explicit chunk_size wins
+    assert free.products.chunk_for(10, None, 2**30) is None  # 1 GiB: all columns at once
+    assert free.products.chunk_for(10, None, 2.5 * per_column) == 2
+    assert free.products.chunk_for(10, None, 0.1 * per_column) == 1
+    assert free.products.chunk_for(10, 4, 0.1 * per_column) == 4  # explicit chunk_size wins
     V20 = probe_block(H.shape[0], 20)
     # (path, memory bound in columns, block width) -> widths of the vectorised passes
     cases = [("batched", 2.5, 10, [2] * 10), ("func", 8.5, 20, [8, 8]), ("func", 2.5, 10, [])]
     for path, cols, k, expected in cases:
         model_b = cnn()  # a new module: its own path choices
         op = cv.HessianOperator(model_b, F.cross_entropy, data, max_chunk_bytes=cols * per_column)
-        op.problem._paths.batched = True
-        op.problem._paths.func = path == "func"
+        op.products.paths.batched = True
+        op.products.paths.func = path == "func"
         widths = []
         if path == "batched":
-            inner = op.problem._flat_grad
+            inner = op.products.vjp_columns
 
             def spy(g, v, batched, inner=inner, widths=widths):
                 widths.append(v.shape[0] if batched else 1)
                 return inner(g, v, batched)
 
-            op.problem._flat_grad = spy
+            op.products.vjp_columns = spy
         else:
-            inner = op.problem._hvp_func
+            inner = op.products.hvp_forward_over_reverse
 
             def spy(V, batch, chunk, inner=inner, widths=widths):
                 widths.append(chunk)
                 return inner(V, batch, chunk)
 
-            op.problem._hvp_func = spy
+            op.products.hvp_forward_over_reverse = spy
         block = V if k == 10 else V20
         assert rel(op @ block, H @ block) < 1e-10, path
         # the jvp path is never used (or decided) on chunks narrower than 8 columns
@@ -338,15 +338,15 @@ def test_chunks_sized_from_measured_memory(digits, monkeypatch):
     G = ggn @ V
     small = cv.GGNOperator(model, F.cross_entropy, data, max_chunk_bytes=1)
     chunks = []
-    real_vmap = engine.vmap
+    real_vmap = ggn_room.vmap
 
     def vmap_spy(fn, **kwargs):
         chunks.append(kwargs.get("chunk_size"))
         return real_vmap(fn, **kwargs)
 
-    monkeypatch.setattr(engine, "vmap", vmap_spy)
+    monkeypatch.setattr(ggn_room, "vmap", vmap_spy)
     assert rel(small @ V, G) < 1e-12
-    assert chunks == [1, 1] and small.problem._forward_column_bytes > 0
+    assert chunks == [1, 1] and small.forward_column_bytes > 0
     with pytest.raises(ValueError, match="max_chunk_bytes"):
         cv.HessianOperator(model, F.cross_entropy, data, max_chunk_bytes=0)
 
@@ -361,20 +361,20 @@ def test_wide_products_checked_forward_over_reverse(digits):
     op = cv.HessianOperator(model, F.cross_entropy, data)
     for _ in range(2):
         assert rel(op @ V, H @ V) < 1e-10
-    decided = op.problem._paths
+    decided = op.products.paths
     assert decided.func is not None  # calibrated on the second wide product
     again = cv.HessianOperator(model, F.cross_entropy, data)
-    assert again.problem._paths is decided  # later operators on the model reuse it
-    again.problem._paths.func = True
+    assert again.products.paths is decided  # later operators on the model reuse it
+    again.products.paths.func = True
     assert rel(again @ V, H @ V) < 1e-10
     # a path that disagrees with double backward is never chosen, however fast
     wrong = cv.HessianOperator(cnn(), F.cross_entropy, data)  # same weights, new module
-    assert wrong.problem._paths is not decided
-    exact_func = wrong.problem._hvp_func
-    wrong.problem._hvp_func = lambda V, b, c: (1.01 * exact_func(V, b, c)[0], exact_func(V, b, c)[1])
+    assert wrong.products.paths is not decided
+    exact_func = wrong.products.hvp_forward_over_reverse
+    wrong.products.hvp_forward_over_reverse = lambda V, b, c: (1.01 * exact_func(V, b, c)[0], exact_func(V, b, c)[1])
     for _ in range(3):  # column path settled by the first product, jvp path by the second
         assert rel(wrong @ V, H @ V) < 1e-10
-    assert wrong.problem._paths.func is False
+    assert wrong.products.paths.func is False
 
 
 def test_operator_refuses_a_model_changed_after_construction(digits):

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curvature.dense import dense_hessian
 from curvature.operators import CurvatureOperator, DenseOperator, HessianOperator
+from curvature.operators.dense import dense_hessian
 from curvature.trace import diagonal, trace
 
 
