@@ -150,15 +150,15 @@ class DataLoop:
         with eval_mode(self.model):
             yield
 
-    def __iter__(self) -> Iterator[tuple[int, Any]]:
-        return self.iterate()
-
     def iterate(self, progress: bool = False, desc: str = "") -> Iterator[tuple[int, Any]]:
         """``(index, batch)`` over the data, each batch checked and on the device."""
         total = self.num_batches
-        bar = tqdm(self.batches, total=total, desc=desc, leave=False,
-                   disable=not progress or total == 1)
-        for i, batch in enumerate(bar):
+        batches = self.batches
+        if progress and total != 1:
+            # tqdm.auto's bar calls iter() on its iterable when built: only with a bar, so
+            # that a streamed DataLoader starts one iterator (and its workers) per pass
+            batches = tqdm(batches, total=total, desc=desc, leave=False)
+        for i, batch in enumerate(batches):
             if self.streamed:
                 check_pair(batch, i)
                 batch = self._move(batch)
