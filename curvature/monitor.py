@@ -500,9 +500,7 @@ def _per_example_statistics(model: nn.Module, params: Sequence[Tensor], names: S
         # batch means: the loop weights them by n_b and divides by N
         return torch.cat([ggn, g.sum(0), g.square().sum(0)]) / nb, None
 
-    total = torch.zeros(3 * n, dtype=torch.float64, device=device)
-    loop = DataLoop(data, device=device, dtype=dtype, model=model)
-    sums = loop.accumulate(step, total)
-    s_ggn, mean, s2 = sums[:n], sums[n : 2 * n], sums[2 * n :]
-    var = (s2 - mean.square()).clamp_min(0)
-    return s_ggn.to(dtype), var.to(dtype)
+    sums = DataLoop(data, device=device, dtype=dtype, model=model).accumulate(
+        step, torch.zeros(3 * n, dtype=torch.float64, device=device))
+    ggn_diag, mean, mean_sq = sums.split(n)
+    return ggn_diag.to(dtype), (mean_sq - mean.square()).clamp_min(0).to(dtype)

@@ -258,7 +258,7 @@ class ExactProducts:
         Used only if it reproduces the double-backward products of this block to
         ``1e4`` units of roundoff and is faster. The check guards against wrong
         forward-mode rules: torch.func's Hessians of affine LayerNorm are wrong in
-        torch 2.13 along some code paths (tests/operators/test_hessian.py), and
+        torch 2.13 along some code paths (tests/operators/test_dense.py), and
         curvlinops' products on a ViT were measured 1.6e-2 off (reports/benchmark).
         """
         # the whole block of the first batch: vmap's per-column cost depends on the
