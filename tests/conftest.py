@@ -2,7 +2,8 @@
 
 Fixtures: ``digits_standardized`` (sklearn's digits, standardised, numpy), ``digits``
 (150 of them as float64 tensors), ``float64_default`` (models built in float64; use with
-``pytestmark = pytest.mark.usefixtures("float64_default")``). Helpers, imported as
+``pytestmark = pytest.mark.usefixtures("float64_default")``), ``one_thread`` (one intra-op
+thread). Helpers, imported as
 ``from conftest import ...``: small models with known quirks (:func:`mlp`, :func:`cnn`
 with BatchNorm and Dropout, :func:`attention` with LayerNorm and tied weights), their
 data, :func:`designed_operator` (a dense operator with a chosen spectrum), :func:`rel`
@@ -44,6 +45,16 @@ def float64_default():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (restored afterwards): tiny models run fastest so
+    and are immune to a loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def designed_operator(eigs, seed: int = 0) -> DenseOperator:
