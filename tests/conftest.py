@@ -6,8 +6,7 @@ Fixtures: ``digits_standardized`` (sklearn's digits, standardised, numpy), ``dig
 thread). Helpers, imported as
 ``from conftest import ...``: small models with known quirks (:func:`mlp`, :func:`cnn`
 with BatchNorm and Dropout, :func:`attention` with LayerNorm and tied weights), their
-data, :func:`designed_operator` (a dense operator with a chosen spectrum), :func:`rel`
-and :func:`probe_block`.
+data, :func:`rel` and :func:`probe_block`.
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from curvature.operators import DenseOperator
 
 
 @pytest.fixture(scope="session")
@@ -55,15 +52,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def designed_operator(eigs, seed: int = 0) -> DenseOperator:
-    """``Q diag(eigs) Q^T`` with a random orthogonal ``Q`` (float64, symmetrised)."""
-    eigs = np.asarray(eigs, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    Q, _ = np.linalg.qr(rng.standard_normal((len(eigs), len(eigs))))
-    A = (Q * eigs) @ Q.T
-    return DenseOperator(torch.tensor(0.5 * (A + A.T)))
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import designed_operator as designed
 from scipy.stats import wasserstein_distance
 from torch import nn
 
@@ -24,6 +23,12 @@ from curvature.trace import trace
 matplotlib.use("Agg")
 
 
+def designed(eigs, seed: int = 0) -> DenseOperator:
+    eigs = np.asarray(eigs, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((len(eigs), len(eigs))))
+    A = (Q * eigs) @ Q.T
+    return DenseOperator(torch.tensor(0.5 * (A + A.T)))
 
 
 def outlier_spectrum(n: int = 300, seed: int = 0) -> np.ndarray:

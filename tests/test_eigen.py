@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import designed_operator
 from torch import nn
 
 from curvature.eigen import eigenvalues
@@ -20,8 +19,12 @@ METHODS = ["lanczos", "power"]
 
 
 def designed(eigs, seed: int = 0) -> tuple[DenseOperator, np.ndarray]:
-    """``Q diag(eigs) Q^T`` with a random orthogonal ``Q`` (float64) and its eigenvalues."""
-    return designed_operator(eigs, seed), np.asarray(eigs, dtype=np.float64)
+    """``Q diag(eigs) Q^T`` with a random orthogonal ``Q`` (float64)."""
+    eigs = np.asarray(eigs, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((len(eigs), len(eigs))))
+    A = (Q * eigs) @ Q.T
+    return DenseOperator(torch.tensor(0.5 * (A + A.T))), eigs
 
 
 def outlier_spectrum(n: int = 300, seed: int = 0) -> np.ndarray:

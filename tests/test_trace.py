@@ -6,12 +6,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import designed_operator as designed
 from torch import nn
 
 from curvature.operators import CurvatureOperator, DenseOperator, HessianOperator
 from curvature.operators.dense import dense_hessian
 from curvature.trace import diagonal, trace
+
+
+def designed(eigs, seed: int = 0) -> DenseOperator:
+    eigs = np.asarray(eigs, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((len(eigs), len(eigs))))
+    A = (Q * eigs) @ Q.T
+    return DenseOperator(torch.tensor(0.5 * (A + A.T)))
 
 
 def outlier_operator(seed: int = 0) -> DenseOperator:
