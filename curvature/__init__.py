@@ -1,11 +1,10 @@
 """curvature: Hessian curvature analysis for PyTorch.
 
-One Hessian-vector-product engine (:mod:`curvature.engine`) behind symmetric
-linear operators (:mod:`curvature.operators`) feeds every estimator: the front doors
-``eigenvalues``, ``trace``, ``diagonal`` and ``spectral_density``
-(:mod:`curvature.estimators`) dispatch to one algorithm per file in
-:mod:`curvature.algorithms`. Optimizers with exposed curvature estimates live in
-:mod:`curvature.optim`.
+One data loop (:mod:`curvature.data_loop`) under symmetric linear operators
+(:mod:`curvature.operators`) feeds every estimator: the front doors ``eigenvalues``,
+``trace``, ``diagonal`` and ``spectral_density`` (:mod:`curvature.estimators`) dispatch
+to one algorithm per file in :mod:`curvature.algorithms`. Optimizers with exposed
+curvature estimates live in :mod:`curvature.optim`.
 """
 
 from curvature import optim  # noqa: E402  (subpackage: cv.optim.SAM, ...)
@@ -17,7 +16,6 @@ from curvature.checkpoint import (
     save_checkpoint,
 )
 from curvature.data import Dataset, load_dataset
-from curvature.dense import dense_hessian
 from curvature.errors import (
     DoubleBackwardError,
     InputError,
@@ -30,7 +28,13 @@ from curvature.estimators import diagonal, eigenvalues, spectral_density, trace
 from curvature.landscape import Landscape, loss_landscape_1d, loss_landscape_2d
 from curvature.models import MODELS, build_model, count_parameters
 from curvature.monitor import CurvatureMonitor
-from curvature.operators import CurvatureOperator, DenseOperator, GGNOperator, HessianOperator
+from curvature.operators import (
+    CurvatureOperator,
+    DenseOperator,
+    GGNOperator,
+    HessianOperator,
+    dense_hessian,
+)
 from curvature.results import (
     ConvergenceWarning,
     DiagonalResult,

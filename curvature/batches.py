@@ -4,7 +4,7 @@ and the check that ``loss_fn`` reduces its batch the way the caller declared.
 Inputs may be a tensor, any :class:`collections.abc.Mapping` (``dict``,
 ``collections.UserDict``, HuggingFace ``BatchEncoding``), or tuples/lists of these,
 nested. Tuple inputs are passed to the model as positional arguments, anything else
-as its one argument (see :meth:`curvature.engine.Problem.forward`).
+as its one argument (see :meth:`curvature.risk.EmpiricalRisk.forward`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each class says what went wrong in its name; each message names the offending input.
 The other rooms import their errors from here (and re-export the ones their users
-catch, so ``curvature.engine.NonFiniteLossError`` and ``cv.NonFiniteLossError`` are one
+catch, so ``curvature.data_loop.NonFiniteLossError`` and ``cv.NonFiniteLossError`` are one
 class).
 """
 

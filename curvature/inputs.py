@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from curvature.data_loop import eval_mode
 from curvature.errors import InputError
 
 __all__ = ["LOSSES", "InputError", "MeanSquaredError", "check_data_fits", "make_loss"]
@@ -66,8 +67,6 @@ def check_data_fits(
     label (``labels``, default ``y``) against the model's output width; raise
     :class:`InputError` ("data of shape ... does not fit model ...") if anything fails.
     The model's mode is restored."""
-    from curvature.engine import eval_mode
-
     device = next(iter(model.parameters())).device
     try:
         with eval_mode(model), torch.no_grad():

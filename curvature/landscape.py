@@ -6,8 +6,8 @@ the selected parameters in ``named_parameters`` order) and directions ``d_1, d_2
 .. math::
     f(a) = L(w + a\,d_1), \qquad f(a, b) = L(w + a\,d_1 + b\,d_2),
 
-with ``L`` the dataset loss (per-batch mean losses weighted by batch size, as in the
-engine). Directions are either eigenvectors of the Hessian (unit norm, so ``a`` is the
+with ``L`` the dataset loss (per-batch mean losses weighted by batch size, summed by
+:mod:`curvature.data_loop`). Directions are either eigenvectors of the Hessian (unit norm, so ``a`` is the
 Euclidean distance moved) or *filter-normalised* random directions (Li, Xu, Taylor,
 Studer & Goldstein 2018, "Visualizing the Loss Landscape of Neural Nets", Sec. 4):
 a Gaussian ``d`` is rescaled filter by filter,
@@ -21,7 +21,7 @@ networks comparable. Biases and other one-dimensional parameters (normalisation
 scales) get ``d = 0`` by default, as in Li et al.
 
 Under ``torch.distributed``, ``data`` is this rank's shard and the batch-weighted sums
-are all-reduced, as in the HVP engine, so every rank gets the full-data landscape.
+are all-reduced by the data loop, so every rank gets the full-data landscape.
 
 The model is never modified: every point is evaluated with
 ``torch.func.functional_call`` on the perturbed flat vector, in eval mode, and each
@@ -43,15 +43,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
-from curvature.engine import (
-    all_reduce_sum,
-    as_batches,
-    batch_size_of,
-    check_pair,
-    eval_mode,
-    to_device,
-)
-from curvature.errors import NonFiniteLossError
+from curvature.batches import as_batches, batch_size_of, model_args
+from curvature.data_loop import DataLoop
 
 __all__ = [
     "Landscape",
@@ -245,9 +238,7 @@ class _Evaluator:
     def _call(self, w: Tensor, x: Any) -> Any:
         # functional_call needs the module's own tensors for dtype/device-compatible
         # calls; the copy of buffers in ``fixed`` already has the right dtype/device.
-        # Tuple inputs are positional arguments, as in the engine.
-        args = x if isinstance(x, tuple) else (x,)
-        return functional_call(self.model, {**self.fixed, **self._unflatten(w)}, args)
+        return functional_call(self.model, {**self.fixed, **self._unflatten(w)}, model_args(x))
 
     def _point_stats(self, W: Tensor, x: Any, y: Any) -> tuple[Tensor, Tensor | None]:
         """Mean loss ``[c]`` and number of correct predictions ``[c]`` of one batch."""
@@ -276,42 +267,39 @@ class _Evaluator:
         return loss, (correct if classify else None)
 
     def evaluate(self, W: Tensor, chunk: int, progress: bool, desc: str) -> tuple[Tensor, Tensor | None]:
-        """Loss and accuracy at each row of ``W: Tensor[P, n]`` (float64 CPU ``[P]``)."""
+        """Loss and accuracy at each row of ``W: Tensor[P, n]`` (float64 CPU ``[P]``).
+
+        One :meth:`~curvature.data_loop.DataLoop.accumulate` per chunk of points: the
+        batch-size weighted mean of the batch losses (and of the batch accuracies),
+        all-reduced over ranks; a non-finite loss names its batch and point.
+        """
         P = W.shape[0]
-        total_loss = torch.zeros(P, dtype=torch.float64)
-        total_correct = torch.zeros(P, dtype=torch.float64)
-        count = 0
+        # the batches are read once (a one-shot iterable too) and moved once
+        loop = DataLoop(list(self.data), device=self.device, dtype=self.dtype, model=self.model)
+        loss = torch.empty(P, dtype=torch.float64)
+        accuracy = torch.empty(P, dtype=torch.float64)
         classify = True
-        batches = []
-        for i, b in enumerate(self.data):
-            check_pair(b, i)
-            batches.append(to_device(tuple(b), self.device, self.dtype))
-        if not batches:
-            raise ValueError("data is empty: no batches to evaluate the loss on")
         bar = tqdm(total=P, desc=desc, disable=not progress, leave=False)
-        with eval_mode(self.model), torch.no_grad():
+        with torch.no_grad():
             for start in range(0, P, chunk):
                 Wc = W[start : start + chunk].to(self.device, self.dtype)
-                for x, y in batches:
-                    nb = batch_size_of((x, y))
-                    loss, correct = self._point_stats(Wc, x, y)
-                    total_loss[start : start + len(Wc)] += nb * loss.detach().double().cpu()
+                c = len(Wc)
+
+                def step(_: int, batch: Any, Wc: Tensor = Wc, c: int = c) -> tuple[Tensor, Tensor]:
+                    nonlocal classify
+                    batch_loss, correct = self._point_stats(Wc, *batch)
                     if correct is None:
                         classify = False
-                    else:
-                        total_correct[start : start + len(Wc)] += correct.detach().double().cpu()
-                bar.update(len(Wc))
+                        correct = torch.zeros_like(batch_loss)
+                    rate = correct.double() / batch_size_of(batch)
+                    return torch.cat([batch_loss.double(), rate]), batch_loss
+
+                total = torch.zeros(2 * c, dtype=torch.float64, device=self.device)
+                sums = loop.accumulate(step, total, first_point=start).cpu()
+                loss[start : start + c], accuracy[start : start + c] = sums[:c], sums[c:]
+                bar.update(c)
         bar.close()
-        count = float(sum(batch_size_of(b) for b in batches))
-        # under torch.distributed, data is this rank's shard: sum over ranks
-        sums = all_reduce_sum(torch.cat([total_loss, total_correct, torch.tensor([count],
-                           dtype=torch.float64)]).to(self.device)).cpu()
-        total_loss, total_correct, count = sums[:P], sums[P : 2 * P], float(sums[-1])
-        loss = total_loss / count
-        if not bool(torch.isfinite(loss).all()):
-            bad = int((~torch.isfinite(loss)).nonzero()[0, 0])
-            raise NonFiniteLossError(f"the loss is non-finite at grid point {bad}")
-        return loss, (total_correct / count if classify else None)
+        return loss, (accuracy if classify else None)
 
 
 def _grid(values: Sequence[float] | Tensor | np.ndarray, what: str) -> Tensor:

@@ -1,6 +1,6 @@
 r"""CurvatureMonitor: an optimizer's internal curvature estimates against ground truth.
 
-Every ``every`` steps of a training loop the monitor recomputes, with the HVP engine,
+Every ``every`` steps of a training loop the monitor recomputes, with the curvature operators,
 the exact quantity each of the optimizer's estimates (``opt.estimates``, see
 :mod:`curvature.optim`) approximates, on the mini-batch the optimizer used and on the
 monitor's ``data``, and appends one row to :attr:`CurvatureMonitor.history`::
@@ -80,8 +80,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, hessian, jacrev, vmap
 from tqdm.auto import tqdm
 
-from curvature import engine
-from curvature.batches import map_tensors, model_args
+from curvature.batches import as_batches, batch_size_of, map_tensors, model_args
+from curvature.data_loop import DataLoop
 from curvature.estimators import diagonal, eigenvalues, trace
 from curvature.operators import CurvatureOperator, HessianOperator
 
@@ -210,7 +210,7 @@ class CurvatureMonitor:
                                  ("exact_diag_max_params", exact_diag_max_params, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        batches = engine.as_batches(data)
+        batches = as_batches(data)
         if isinstance(batches, (list, tuple)) and not batches:
             raise ValueError("data is empty: the monitor needs at least one batch")
         self.model = model
@@ -409,7 +409,7 @@ class CurvatureMonitor:
                     if self.vector_truth_full:
                         truths["_full"] = self._diagonal(full, seed)
                 elif k == "noise_variance":
-                    b = engine.batch_size_of(batch) if batch is not None else math.nan
+                    b = batch_size_of(batch) if batch is not None else math.nan
                     ggn, var = _per_example_statistics(
                         shadow, params, self.param_names, self.loss_fn, self.data, dtype
                     )
@@ -484,22 +484,22 @@ def _per_example_statistics(model: nn.Module, params: Sequence[Tensor], names: S
     jac = vmap(jacrev(outputs), in_dims=(None, 0))
     out_grad = vmap(grad(loss_of_outputs))
     out_hess = vmap(hessian(loss_of_outputs))
-    count, s_ggn, s1, s2 = 0, 0.0, 0.0, 0.0
-    with engine.eval_mode(model):
-        for i, b in enumerate(engine.as_batches(data)):
-            engine.check_pair(b, i)
-            nb = engine.batch_size_of(b)
-            # Mappings as dicts, which vmap splits along their tensors' batch dimension
-            x, y = map_tensors(lambda t: t.to(device, dtype if t.is_floating_point() else None),
-                               tuple(b), plain=True)
-            J = jac(sel, x)
-            Jf = torch.cat([J[k].reshape(nb, J[k].shape[1], -1) for k in names], dim=2)  # [B, C, n]
-            z = vmap(lambda xi: outputs(sel, xi))(x)
-            A = out_hess(z, y)  # [B, C, C]
-            s_ggn = s_ggn + torch.einsum("bck,bcd,bdk->k", Jf, A, Jf).double()
-            g = torch.einsum("bck,bc->bk", Jf, out_grad(z, y)).double()  # per-example gradients
-            s1, s2 = s1 + g.sum(0), s2 + g.square().sum(0)
-            count += nb
-    mean = s1 / count
-    var = (s2 / count - mean.square()).clamp_min(0)
-    return (s_ggn / count).to(dtype), var.to(dtype)
+    n = sum(t.numel() for t in sel.values())
+
+    def step(_: int, batch: Any) -> tuple[Tensor, None]:
+        # Mappings as dicts, which vmap splits along their tensors' batch dimension
+        x, y = map_tensors(lambda t: t, tuple(batch), plain=True)
+        nb = batch_size_of(batch)
+        J = jac(sel, x)
+        Jf = torch.cat([J[k].reshape(nb, J[k].shape[1], -1) for k in names], dim=2)  # [B, C, n]
+        z = vmap(lambda xi: outputs(sel, xi))(x)
+        A = out_hess(z, y)  # [B, C, C]
+        ggn = torch.einsum("bck,bcd,bdk->k", Jf, A, Jf).double()
+        g = torch.einsum("bck,bc->bk", Jf, out_grad(z, y)).double()  # per-example gradients
+        # batch means: the loop weights them by n_b and divides by N
+        return torch.cat([ggn, g.sum(0), g.square().sum(0)]) / nb, None
+
+    sums = DataLoop(data, device=device, dtype=dtype, model=model).accumulate(
+        step, torch.zeros(3 * n, dtype=torch.float64, device=device))
+    ggn_diag, mean, mean_sq = sums.split(n)
+    return ggn_diag.to(dtype), (mean_sq - mean.square()).clamp_min(0).to(dtype)

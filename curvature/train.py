@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from curvature.checkpoint import save_checkpoint
 from curvature.data import Dataset, loader
+from curvature.data_loop import DataLoop
 from curvature.errors import NonFiniteLossError
 from curvature.inputs import make_loss
 
@@ -165,23 +166,27 @@ def evaluate(
     batch_size: int = 2048,
 ) -> dict[str, float]:
     """Mean loss and (for integer targets) accuracy of ``model`` on ``(x, y)``, in eval
-    mode; the train/eval flags of every submodule are restored."""
-    from curvature.engine import eval_mode
-
+    mode; the train/eval flags of every submodule are restored. Batches of
+    ``batch_size`` are streamed to the model's device (:class:`~curvature.data_loop.DataLoop`)."""
     if len(x) == 0:
         return {"loss": math.nan, "accuracy": math.nan}
     device = next(model.parameters()).device
-    total, correct = 0.0, 0
-    with eval_mode(model):
-        for i in range(0, len(x), batch_size):
-            xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
-            out = model(xb)
-            total += float(loss_fn(out, yb)) * len(xb)
-            if not yb.is_floating_point():
-                correct += int((out.argmax(-1) == yb).sum())
-    out = {"loss": total / len(x)}
-    if not y.is_floating_point():
-        out["accuracy"] = correct / len(x)
+    classify = not y.is_floating_point()
+
+    def step(_: int, batch: Any) -> tuple[Tensor, None]:
+        xb, yb = batch
+        out = model(xb)
+        loss = loss_fn(out, yb).detach().to(torch.float64).reshape(1)
+        if not classify:
+            return loss, None
+        return torch.cat([loss, (out.argmax(-1) == yb).sum().reshape(1).to(torch.float64) / len(xb)]), None
+
+    batches = ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size))
+    total = torch.zeros(2 if classify else 1, dtype=torch.float64, device=device)
+    means = DataLoop(batches, device=device, model=model).accumulate(step, total).tolist()
+    out = {"loss": means[0]}
+    if classify:
+        out["accuracy"] = means[1]
     return out
 
 

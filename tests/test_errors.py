@@ -5,12 +5,13 @@ import pytest
 import torch
 
 import curvature as cv
-from curvature import checkpoint, engine, errors, inputs, models, results
+from curvature import checkpoint, data_loop, errors, inputs, models, results
+from curvature.operators import hessian_products
 
 
 def test_one_class_per_error_wherever_imported():
-    assert engine.NonFiniteLossError is errors.NonFiniteLossError is cv.NonFiniteLossError
-    assert engine.DoubleBackwardError is errors.DoubleBackwardError is cv.DoubleBackwardError
+    assert data_loop.NonFiniteLossError is errors.NonFiniteLossError is cv.NonFiniteLossError
+    assert hessian_products.DoubleBackwardError is errors.DoubleBackwardError is cv.DoubleBackwardError
     assert results.ConvergenceWarning is errors.ConvergenceWarning is cv.ConvergenceWarning
     assert checkpoint.CheckpointError is errors.CheckpointError is cv.CheckpointError
     assert models.ModelFactoryError is errors.ModelFactoryError

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 import curvature as cv
 from curvature import batches as B
-from curvature.engine import Problem
+from curvature.risk import EmpiricalRisk
 
 N, SPLITS, C = 12, (5, 3, 4), 3  # uneven batches
 
@@ -167,8 +167,8 @@ def test_mapping_inputs_and_dtype_moves(kind):
     y = targets["ce"]
     data = mapping_batches(kind, x, ids, y)
     loss_fn = nn.CrossEntropyLoss()
-    problem = Problem(model, loss_fn, data, dtype=torch.float64)
-    moved = problem.batches[0][0]
+    risk = EmpiricalRisk(model, loss_fn, data, dtype=torch.float64)
+    moved = risk.data.batches[0][0]
     assert type(moved) is type(data[0][0])
     assert moved["x"].dtype == torch.float64 and moved["ids"].dtype == torch.int64
     assert data[0][0]["x"].dtype == torch.float32  # the user's batch is untouched
@@ -178,7 +178,7 @@ def test_mapping_inputs_and_dtype_moves(kind):
     assert rel(op @ V, H @ V) < 1e-12 and abs(op.loss() - L) < 1e-12 * L
     # every column path on Mapping inputs: batched / looped second backward, jvp-of-grad
     for batched, func in ((True, False), (False, False), (True, True)):
-        op.problem._paths.batched, op.problem._paths.func = batched, func
+        op.products.paths.batched, op.products.paths.func = batched, func
         assert rel(op @ V, H @ V) < 1e-12
     assert rel(cv.dense_hessian(model, loss_fn, data), H) < 1e-12
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -244,36 +244,6 @@ def test_reduction_mismatch_is_refused():
     # targets that are not a tensor are not judged either
     assert B.check_reduction(lambda o, t: (o - t["y"]).pow(2).mean(), out,
                              {"y": targets["mse"].double()}, "sum") is None
-
-
-def test_batch_helpers():
-    t = torch.zeros(3, 2)
-    ids = torch.zeros(3, dtype=torch.long)
-    # first tensor with a leading dimension, depth first; 0-d tensors skipped
-    assert B.batch_size_of(({"scale": torch.tensor(2.0), "x": t}, ids)) == 3
-    assert B.batch_size_of(([(t[:2], ids)], ids)) == 2
-    with pytest.raises(ValueError, match="batch size"):
-        B.batch_size_of(({"flag": True}, ids))
-    with pytest.raises(TypeError, match="every batch must be an .inputs, targets. pair"):
-        B.batch_size_of({"input_ids": ids, "labels": ids})
-    loader = DataLoader([{"x": t[0], "labels": ids[0]}] * 4, batch_size=2)
-    with pytest.raises(TypeError, match="batch 0 is a dict with keys \\['x', 'labels'\\]"):
-        Problem(nn.Linear(2, 1), nn.MSELoss(), loader).loss()
-    # single batch vs list of batches
-    assert len(B.as_batches((collections.UserDict(x=t), ids))) == 1
-    assert len(B.as_batches(((t, t), ids))) == 1
-    assert len(B.as_batches([(t, ids), (t, ids)])) == 2
-    with pytest.raises(TypeError, match="data must be"):
-        B.as_batches({"x": t})
-    # moves: types kept where they can be rebuilt, integers kept, originals untouched
-    Pair = collections.namedtuple("Pair", "a b")
-    nested = {"od": collections.OrderedDict(a=t), "dd": collections.defaultdict(list, a=[t]),
-              "nt": Pair(t, ids), "l": [t, (ids,)], "s": "text"}
-    moved = B.to_device(nested, "cpu", torch.float64)
-    assert type(moved["od"]) is collections.OrderedDict and type(moved["nt"]) is Pair
-    assert type(moved["dd"]) is dict and moved["dd"]["a"][0].dtype == torch.float64
-    assert moved["nt"].b.dtype == torch.long and moved["l"][1][0].dtype == torch.long
-    assert moved["s"] == "text" and nested["od"]["a"].dtype == torch.float32
 
 
 def test_keyword_argument_model_gpt2():

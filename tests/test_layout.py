@@ -1,6 +1,6 @@
 """The package's layering, read from its source: no import circles, matplotlib only in
-curvature.plots, no module named like the function its package exports, the
-application rooms importing no sibling's private names."""
+curvature.plots, no module named like the function its package exports, the rooms
+importing no sibling's private names and touching no other object's private state."""
 
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def test_matplotlib_only_in_the_plotting_room():
                          for u in users), sorted(users)
 
 
-@pytest.mark.parametrize("package", ["curvature.pipeline", "curvature.plots", "curvature.algorithms"])
+@pytest.mark.parametrize("package", ["curvature.operators", "curvature.pipeline", "curvature.plots",
+                                     "curvature.algorithms"])
 def test_submodules_are_modules(package):
     """``import curvature.pipeline.x`` gives the module, never a function of that name."""
     pkg = importlib.import_module(package)
@@ -105,11 +106,42 @@ def test_top_level_submodules_are_modules():
         assert function not in children and callable(getattr(curvature, function))
 
 
-def test_application_rooms_import_no_private_names():
-    rooms = [n for n in MODULES
-             if n.split(".")[1:2] in (["pipeline"], ["plots"], ["atomic"], ["inputs"],
-                                      ["algorithms"], ["estimators"], ["checks"])]
-    found = [(n, m, x) for n in rooms for m, names in _imports(n, MODULES[n])
+ROOMS = ("pipeline", "plots", "atomic", "inputs", "data_loop", "risk", "batches", "operators",
+         "landscape", "monitor", "train", "algorithms", "estimators", "checks")
+"""Rooms held to the no-private-names rules (the data loop, the operators and every room
+that sums over data through it, and the application rooms)."""
+
+
+def _rooms() -> list[str]:
+    return [n for n in MODULES if n.split(".")[1:2] and n.split(".")[1] in ROOMS]
+
+
+def test_rooms_import_no_private_names():
+    found = [(n, m, x) for n in _rooms() for m, names in _imports(n, MODULES[n])
              if m.startswith("curvature") for x in names
              if x.startswith("_") and f"{m}.{x}" not in MODULES]
     assert found == []
+
+
+TORCH_INTERNALS = {"_version", "_forward_cls"}
+"""torch attributes the rooms read: a tensor's version counter, an autograd node's Function."""
+
+
+def test_rooms_touch_no_private_attributes_of_other_objects():
+    """``x._name`` only on ``self``/``cls`` (never another object's private state, e.g. an
+    operator reaching into the risk's internals), torch internals named above excepted."""
+    found = []
+    for n in _rooms():
+        for node in ast.walk(ast.parse(MODULES[n].read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                    and not node.attr.startswith("__") and node.attr not in TORCH_INTERNALS
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                found.append((n, node.lineno, ast.unparse(node)))
+    assert found == []
+
+
+def test_room_docstrings():
+    """Every room of the data loop and the operators says at its top what it owns."""
+    for n in _rooms():
+        doc = ast.get_docstring(ast.parse(MODULES[n].read_text()))
+        assert doc and len(doc) > 40, n

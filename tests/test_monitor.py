@@ -23,13 +23,8 @@ from curvature.optim.online_eigen_sam import OnlineEigenSAM
 LF = torch.nn.CrossEntropyLoss()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny float64 problems: one thread avoids oversubscription on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny float64 problems: one thread avoids oversubscription on shared cores
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _problem(seed: int = 0, hidden=(5,), dropout: float = 0.0):

@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 import curvature.optim as co
@@ -70,9 +69,8 @@ ESTIMATE_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def digits():
-    x, y = load_digits(return_X_y=True)
-    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+def digits(digits_standardized):
+    x, y = digits_standardized
     return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
 
 

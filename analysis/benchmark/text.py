@@ -89,7 +89,7 @@ WRONG_HVP = (
     "The errors sit in the LayerNorm weights, consistent with torch 2.13's "
     "forward-over-reverse (`torch.func` `jvp` of `jacrev`) through affine "
     "LayerNorm, the same defect that makes `torch.func.hessian` wrong there "
-    "(see `curvature/dense.py`); double backward (curvature, PyHessian) agrees "
+    "(see `curvature/operators/dense.py`); double backward (curvature, PyHessian) agrees "
     "with the finite differences. Its ViT rows above are therefore computed on "
     "a slightly wrong operator (the `hvp` rows' distance to curvature's "
     "product shows it at full size)."

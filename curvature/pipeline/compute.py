@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from curvature.batches import batch_size_of, model_args
+from curvature.data_loop import DataLoop
 from curvature.pipeline.config import AnalysisConfig, resolve_config
 from curvature.pipeline.summary import Analysis, SplitAnalysis
 
@@ -176,11 +178,16 @@ def analyze(
 
 def _count(batches: Any, device) -> int:
     """Examples in ``batches`` (over all ranks under torch.distributed)."""
-    from curvature.engine import all_reduce_sum, as_batches, batch_size_of
 
-    n = torch.tensor([float(sum(batch_size_of(b) for b in as_batches(batches)))],
-                     dtype=torch.float64, device=device)
-    return int(all_reduce_sum(n).item())
+    def step(_: int, batch: Any) -> tuple[Tensor, None]:
+        return torch.tensor([float(batch_size_of(batch))], dtype=torch.float64, device=device), None
+
+    total = torch.zeros(1, dtype=torch.float64, device=device)
+    return int(DataLoop(batches).accumulate(step, total, weighted=False).item())
+
+
+class _NotClassification(Exception):
+    """Targets or outputs that have no accuracy (regression, non-logit outputs)."""
 
 
 @torch.no_grad()
@@ -188,21 +195,22 @@ def _accuracy(model: nn.Module, batches: Any, device, dtype) -> float | None:
     """Fraction of correct ``argmax`` predictions (over all ranks; per target entry, so
     per token for ``[B, T]`` labels); ``None`` for regression targets and for outputs
     that are not logits shaped like the targets plus a class dimension."""
-    from curvature.batches import check_pair, model_args, to_device
-    from curvature.engine import all_reduce_sum, as_batches
 
-    correct, total = 0, 0
-    for i, b in enumerate(as_batches(batches)):
-        check_pair(b, i)
-        x, y = to_device(tuple(b), device, dtype)
+    def step(_: int, batch: Any) -> tuple[Tensor, None]:
+        x, y = batch
         if not isinstance(y, Tensor) or y.is_floating_point():
-            return None
+            raise _NotClassification
         out = model(*model_args(x))
         if not isinstance(out, Tensor) or out.shape[:-1] != y.shape:
-            return None
-        correct += int((out.argmax(-1) == y).sum())
-        total += y.numel()
-    sums = all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64, device=device))
+            raise _NotClassification
+        correct = (out.argmax(-1) == y).sum().to(torch.float64)
+        return torch.stack([correct, correct.new_tensor(float(y.numel()))]), None
+
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    try:
+        sums = DataLoop(batches, device=device, dtype=dtype).accumulate(step, total, weighted=False)
+    except _NotClassification:
+        return None
     return float(sums[0] / sums[1]) if sums[1] > 0 else None
 
 

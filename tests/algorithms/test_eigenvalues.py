@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curvature.dense import dense_hessian
 from curvature.estimators import eigenvalues
-from curvature.operators import CurvatureOperator, DenseOperator, HessianOperator
+from curvature.operators import CurvatureOperator, DenseOperator, HessianOperator, dense_hessian
 from curvature.results import ConvergenceWarning
 
 from .conftest import check_pairs, designed_with_spectrum, outlier_spectrum, small_problem, truth

@@ -9,9 +9,8 @@ import numpy as np
 import torch
 
 from curvature.algorithms import hutchinson as hutchinson_module
-from curvature.dense import dense_hessian
 from curvature.estimators import diagonal, trace
-from curvature.operators import HessianOperator
+from curvature.operators import HessianOperator, dense_hessian
 
 from .conftest import indefinite_operator, trace_problem
 

@@ -9,9 +9,8 @@ import numpy as np
 import torch
 
 from curvature.algorithms import hutchpp as hutchpp_module
-from curvature.dense import dense_hessian
 from curvature.estimators import trace
-from curvature.operators import HessianOperator
+from curvature.operators import HessianOperator, dense_hessian
 
 from .conftest import exact_trace, outlier_operator, trace_problem
 

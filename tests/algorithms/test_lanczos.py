@@ -15,9 +15,8 @@ from torch import nn
 
 from curvature.algorithms import lanczos as lanczos_module
 from curvature.algorithms.probes import gaussian, make_generator
-from curvature.dense import dense_hessian
 from curvature.estimators import eigenvalues
-from curvature.operators import DenseOperator, HessianOperator
+from curvature.operators import DenseOperator, HessianOperator, dense_hessian
 from curvature.results import ConvergenceWarning
 
 from .conftest import (

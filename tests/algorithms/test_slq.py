@@ -15,9 +15,8 @@ from scipy.stats import wasserstein_distance
 
 from curvature.algorithms import slq as slq_module
 from curvature.algorithms.probes import make_generator, rademacher
-from curvature.dense import dense_hessian
 from curvature.estimators import eigenvalues, spectral_density, trace
-from curvature.operators import CurvatureOperator, DenseOperator, HessianOperator
+from curvature.operators import CurvatureOperator, DenseOperator, HessianOperator, dense_hessian
 from curvature.results import SpectralDensity
 
 from .conftest import designed, outlier_spectrum, small_problem

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from curvature.dense import dense_hessian
 from curvature.estimators import diagonal, trace
-from curvature.operators import CurvatureOperator, DenseOperator, HessianOperator
+from curvature.operators import CurvatureOperator, DenseOperator, HessianOperator, dense_hessian
 
 from .conftest import designed, exact_trace, indefinite_operator, outlier_operator, trace_problem
 

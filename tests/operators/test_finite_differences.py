@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import curvature as cv
-from curvature import _fd
-from curvature.engine import DoubleBackwardError
+from curvature.errors import DoubleBackwardError
 from curvature.results import ConvergenceWarning
 
 
@@ -96,7 +95,7 @@ def test_gradient_noise_matches_float32_roundoff():
     op32 = cv.HessianOperator(model, F.cross_entropy, data, method="fd")
     g64 = cv.HessianOperator(model, F.cross_entropy, data, dtype=torch.float64).gradient()
     actual = err(op32.gradient(), g64)
-    sigma = _fd.gradient_noise(op32.problem)
+    sigma = op32.finite_differences.gradient_noise()
     assert actual / 10 < sigma < 10 * actual
 
 
@@ -224,7 +223,7 @@ def test_columns_in_groups_under_a_memory_bound():
     n = truth.shape[0]
     V = torch.stack([unit(n, 5), torch.zeros(n, dtype=torch.float64), 3 * unit(n, 6)], 1)
     op = cv.HessianOperator(model, F.cross_entropy, data, method="fd-central")
-    hv, e = _fd.fd_products(op.problem, V, None, central=True, max_bytes=1)  # 1 column a pass
+    hv, e = op.finite_differences.products(V, None, central=True, max_bytes=1)  # 1 column a pass
     ref = truth @ V
     assert e[1] == 0 and torch.all(hv[:, 1] == 0)
     for j in (0, 2):

@@ -1,0 +1,226 @@
+"""The data loop: the one place that walks over a dataset and sums over it.
+
+Every dataset quantity of the package -- the gradient, every curvature product
+(exact, finite differences, GGN, dense Hessian), the loss landscape, the monitor's
+per-example statistics, the pipeline's accuracy and example count, the training
+evaluation -- is one call of :meth:`DataLoop.accumulate`. This room owns
+
+* iterating the batches: a list of batches is checked and moved to the device once,
+  any other iterable (a DataLoader) is streamed and moved batch by batch on every
+  pass (batch structure, sizes and moves: :mod:`curvature.batches`),
+* batch-size weighting and the loss reduction: with ``reduction="mean"`` batch ``b``
+  has weight ``n_b`` and the sum is divided by ``N = sum_b n_b`` (exactly what one
+  big batch gives, for batches of any size); with ``"sum"`` every weight is 1 and
+  nothing is divided,
+* the all-reduce of the sums over ranks when ``torch.distributed`` is initialised
+  (``data`` is then this rank's shard), done *before* the non-finite check so that a
+  rank with a bad batch never leaves the others waiting in a collective,
+* the non-finite loss check naming the batch (:class:`NonFiniteLossError`),
+* eval mode and its restoration, and the refusal to run on a model whose parameters
+  or buffers were written after the loop was built (their version counters moved).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from curvature.batches import (
+    as_batches,
+    batch_size_of,
+    check_pair,
+    check_reduction_name,
+    to_device,
+)
+from curvature.errors import NonFiniteLossError
+
+__all__ = [
+    "DataLoop", "NonFiniteLossError", "all_reduce_sum", "eval_mode", "is_distributed",
+    "state_versions",
+]
+
+Step = Callable[[int, Any], "tuple[Tensor, Tensor | None]"]
+"""``step(index, batch) -> (contribution, loss)``: one batch's term of a dataset sum
+(shaped like the running total) and its loss (a scalar, a vector of losses at several
+points, or ``None`` for sums that hold no loss)."""
+
+
+def is_distributed() -> bool:
+    """Whether ``torch.distributed`` is initialised with more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum ``t`` in place over ranks when ``torch.distributed`` is initialised; return it."""
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode and restore each one's own flag afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def state_versions(model: nn.Module) -> list[int]:
+    """Version counters of the model's parameters and buffers (in-place writes bump them)."""
+    return [t._version for t in (*model.parameters(), *model.buffers())]
+
+
+class DataLoop:
+    """A dataset of ``(inputs, targets)`` batches and the weighted sums over it.
+
+    Args:
+        data: one ``(inputs, targets)`` batch or an iterable of batches (a list is
+            moved once, anything else is streamed; see :func:`curvature.batches.as_batches`).
+        device, dtype: where batches go; floating tensors are cast to ``dtype``
+            (``None``: kept, integer tensors always kept). ``device=None`` leaves them.
+        reduction: ``"mean"`` (weights ``n_b``, divided by ``N``) or ``"sum"``.
+        model: put in eval mode during every pass (its flags restored) and checked
+            not to have been modified since this loop was built (``None``: neither).
+        first_batch: called as ``first_batch(batch, num_batches)`` on the first batch
+            of a pass until it returns without raising (the loss-reduction check).
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        reduction: str = "mean",
+        model: nn.Module | None = None,
+        first_batch: Callable[[Any, int | None], None] | None = None,
+    ) -> None:
+        self.reduction = check_reduction_name(reduction)
+        self.device = None if device is None else torch.device(device)
+        self.dtype = dtype
+        self.model = model
+        self._first_batch = first_batch
+        batches = as_batches(data)
+        self.streamed = not isinstance(batches, (list, tuple))
+        """Whether the batches are re-read (and moved) on every pass."""
+        if self.streamed:
+            self.batches: Iterable = batches
+        else:
+            for i, b in enumerate(batches):
+                check_pair(b, i)
+            self.batches = [self._move(b) for b in batches]
+            if not self.batches:
+                raise ValueError("data is empty: no batches to compute the loss on")
+        self._versions = state_versions(model) if model is not None else None
+
+    def _move(self, batch: Any) -> Any:
+        return batch if self.device is None else to_device(batch, self.device, self.dtype)
+
+    @property
+    def num_batches(self) -> int | None:
+        """Number of batches, ``None`` for an iterable without a length."""
+        return len(self.batches) if hasattr(self.batches, "__len__") else None
+
+    def weight(self, batch: Any) -> int:
+        """Weight of ``batch`` in a dataset sum: ``n_b`` (``"mean"``) or 1 (``"sum"``)."""
+        return batch_size_of(batch) if self.reduction == "mean" else 1
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """The model (if any) unchanged since construction, in eval mode for the block."""
+        if self.model is None:
+            yield
+            return
+        if state_versions(self.model) != self._versions:
+            raise RuntimeError(
+                "the model's parameters or buffers were modified after this operator was "
+                "built; an operator is taken at the parameters it was built with, so build "
+                "a new one"
+            )
+        with eval_mode(self.model):
+            yield
+
+    def iterate(self, progress: bool = False, desc: str = "") -> Iterator[tuple[int, Any]]:
+        """``(index, batch)`` over the data, each batch checked and on the device."""
+        total = self.num_batches
+        batches = self.batches
+        if progress and total != 1:
+            # tqdm.auto's bar calls iter() on its iterable when built: only with a bar, so
+            # that a streamed DataLoader starts one iterator (and its workers) per pass
+            batches = tqdm(batches, total=total, desc=desc, leave=False)
+        for i, batch in enumerate(batches):
+            if self.streamed:
+                check_pair(batch, i)
+                batch = self._move(batch)
+            if self._first_batch is not None:
+                self._first_batch(batch, total)
+                self._first_batch = None
+            yield i, batch
+
+    def accumulate(
+        self,
+        step: Step,
+        total: Tensor,
+        *,
+        weighted: bool = True,
+        progress: bool = False,
+        desc: str = "",
+        first_point: int | None = None,
+    ) -> Tensor:
+        """The dataset sum ``sum_b c_b`` of ``step``'s contributions, over all ranks.
+
+        ``weighted=True``: ``c_b`` is the contribution times the batch weight
+        (:meth:`weight`) and the result is divided by ``N`` under ``"mean"``: the
+        dataset mean of a per-batch mean, or the dataset sum under ``"sum"``.
+        ``weighted=False``: a plain sum of the contributions (counts).
+        ``total`` (the running sum, written in place) is returned after the
+        all-reduce and the check that every batch loss ``step`` returned is finite;
+        ``first_point`` names a vector of losses as points ``first_point + j``.
+        """
+        count, seen, losses = 0, 0, []
+        with self.session():
+            for i, batch in self.iterate(progress, desc):
+                contribution, loss = step(i, batch)
+                w = self.weight(batch) if weighted else 1
+                total.add_(contribution, alpha=w)
+                count += w
+                seen += 1
+                if loss is not None:
+                    losses.append(loss.detach().reshape(-1))
+        if not seen:
+            raise ValueError("data is empty: no batches to compute the loss on")
+        n = torch.tensor(float(count), dtype=torch.float64, device=total.device)
+        all_reduce_sum(total)
+        all_reduce_sum(n)
+        if losses:
+            self._check_finite(torch.stack(losses), first_point)
+        if is_distributed() and not bool(torch.isfinite(total).all()):
+            raise NonFiniteLossError("a batch on another rank has a non-finite loss")
+        if weighted and self.reduction == "mean":
+            return total / n.to(total.dtype)
+        return total
+
+    @staticmethod
+    def _check_finite(losses: Tensor, first_point: int | None) -> None:
+        """Raise :class:`NonFiniteLossError` naming the first batch (and point) whose loss
+        is not finite; ``losses: Tensor[batches, points]`` (one host sync)."""
+        bad = ~torch.isfinite(losses)
+        if not bool(bad.any()):
+            return
+        i, j = (int(t) for t in bad.nonzero()[0])
+        where = f" on rank {dist.get_rank()}" if is_distributed() else ""
+        at = "the current parameters" if first_point is None else f"point {first_point + j}"
+        raise NonFiniteLossError(
+            f"loss of batch {i}{where} is {float(losses[i, j])} (non-finite) at {at}; "
+            "check the data and the model"
+        )

@@ -1,0 +1,372 @@
+"""Exact Hessian-vector products and their measured path choice.
+
+``H V`` for a block ``V: Tensor[n, k]`` of an :class:`~curvature.risk.EmpiricalRisk`,
+in one pass over the data (:meth:`curvature.data_loop.DataLoop.accumulate`). Per
+batch, either
+
+* **double backward**: one forward and one first backward with ``create_graph=True``
+  (shared by the ``k`` columns), then ``d(g . v)/dw`` per column -- all columns in one
+  vmapped second backward (``is_grads_batched``) or one backward each, whichever the
+  first multi-column block measured faster; batch graphs may be kept and reused by
+  later products (then only the second backwards are paid), or
+* **forward-over-reverse**: ``jvp`` of ``grad`` vectorised over the columns with
+  ``vmap``, for blocks of at least :data:`FUNC_MIN_COLUMNS` columns, adopted only
+  after it reproduced double backward and was faster.
+
+Columns go through a vectorised pass in chunks sized from measured memory: each
+column holds about one copy of the tensors autograd saves for a batch's gradient
+graph. The choices are measured once per module and shared by every operator built
+on it (:class:`PathChoice`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad, jvp, vmap
+
+from curvature.errors import DoubleBackwardError
+from curvature.risk import EmpiricalRisk
+
+__all__ = [
+    "FUNC_MIN_COLUMNS", "ExactProducts", "PathChoice", "check_second_derivatives",
+    "columns_per_pass", "double_backward_error", "saved_bytes",
+]
+
+FUNC_MIN_COLUMNS = 8
+"""Products with at least this many columns may use vectorised forward-over-reverse."""
+
+
+@dataclasses.dataclass
+class PathChoice:
+    """Measured choices for multi-column exact products on one module.
+
+    ``batched``: second backward vmapped over columns (else one backward per column).
+    ``func``: blocks of >= ``FUNC_MIN_COLUMNS`` columns by vectorised jvp-of-grad,
+    adopted only after it matched double backward. ``None``: not decided yet.
+    Setting a field forces that path for every operator on the module.
+    """
+
+    batched: bool | None = None
+    func: bool | None = None
+
+
+_PATH_CHOICES: weakref.WeakKeyDictionary[nn.Module, PathChoice] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def saved_bytes() -> Iterator[list[int]]:
+    """Count the bytes of the tensors autograd saves inside the block (into ``[total]``)."""
+    total = [0]
+
+    def pack(t: Tensor) -> Tensor:
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield total
+
+
+def columns_per_pass(
+    k: int, chunk_size: int | None, max_chunk_bytes: float, per_column: int | None
+) -> int | None:
+    """Columns per vectorised pass for a ``k``-column product (``None``: all at once).
+
+    An explicit ``chunk_size`` wins; otherwise ``max_chunk_bytes`` over the measured
+    bytes one column holds (``per_column``; unknown: all at once), at least 1.
+    """
+    if chunk_size is not None:
+        return max(1, int(chunk_size))
+    if not per_column:
+        return None
+    fit = int(max_chunk_bytes // per_column)
+    return None if fit >= k else max(1, fit)
+
+
+def double_backward_error(err: Exception) -> DoubleBackwardError:
+    """The error for a model without second derivatives, naming the fix (``method='fd'``)."""
+    return DoubleBackwardError(
+        "exact Hessian-vector products need second derivatives of every operation "
+        "(custom autograd.Functions need setup_context and a differentiable backward), "
+        f"but the model failed ({str(err).splitlines()[0]}); use "
+        "HessianOperator(..., method='fd') or method='fd-central': finite differences "
+        "of gradients need only first derivatives. Cost per product: about 2 gradients "
+        "('fd') or 4 ('fd-central'), up to 3x that when a step is corrected. Accuracy "
+        "measured on a small GPT-2 (median relative error of a product): 'fd-central' "
+        "1e-10 in float64 and 8e-5 in float32, 'fd' 3e-8 and 7e-4; each product's "
+        "error is estimated and reported as op.product_error"
+    )
+
+
+def check_second_derivatives(loss: Tensor) -> None:
+    """Refuse graphs with custom autograd.Functions whose backward is once_differentiable.
+
+    Double backward through such a node does not raise: it silently drops the
+    node's second-order terms (measured: 86% error on an MLP with such a tanh).
+    """
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            backward = node._forward_cls.backward
+            if hasattr(backward, "__wrapped__") and backward.__code__.co_filename.endswith(
+                "function.py"
+            ):
+                raise double_backward_error(
+                    RuntimeError(f"{node._forward_cls.__name__}.backward is once_differentiable")
+                )
+        stack.extend(n for n, _ in node.next_functions)
+
+
+def _sync(t: Tensor) -> None:
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
+
+
+class ExactProducts:
+    """Exact ``H V`` of ``risk`` with the per-module path choice and the graph cache.
+
+    Attributes:
+        paths: the :class:`PathChoice` of the module, shared by every operator on it.
+        column_bytes: bytes autograd saves for one batch's gradient graph (measured on
+            the first batch that builds one; ``None`` before), the memory one column
+            of a vectorised pass is charged.
+    """
+
+    def __init__(self, risk: EmpiricalRisk) -> None:
+        self.risk = risk
+        self.paths = _PATH_CHOICES.setdefault(risk.model, PathChoice())
+        self.column_bytes: int | None = None
+        self._graphs: dict[int, tuple[Tensor, Tensor]] = {}
+        self._cache_ok: bool | None = None
+        self._graph_checked = False
+
+    @property
+    def num_cached_graphs(self) -> int:
+        """Batch gradient graphs kept for later products."""
+        return len(self._graphs)
+
+    def chunk_for(
+        self, k: int, chunk_size: int | None, max_chunk_bytes: float, per_column: int | None = None
+    ) -> int | None:
+        """Columns per vectorised pass (:func:`columns_per_pass`), charged
+        :attr:`column_bytes` per column unless ``per_column`` is given."""
+        per_column = self.column_bytes if per_column is None else per_column
+        return columns_per_pass(k, chunk_size, max_chunk_bytes, per_column)
+
+    def matmat(
+        self,
+        V: Tensor,
+        chunk_size: int | None = None,
+        progress: bool = False,
+        cache_graphs: bool | None = None,
+        max_cache_bytes: float = 2**30,
+        max_chunk_bytes: float = 2**29,
+    ) -> Tensor:
+        """Exact ``H V`` for ``V: Tensor[n, k]`` in one pass over the data.
+
+        ``cache_graphs=None`` keeps the batch graphs when the bytes saved by the first
+        one, times the number of batches, fit in ``max_cache_bytes``; streamed data is
+        never cached. ``chunk_size=None`` sizes the column chunks so that the vectorised
+        intermediates stay under ``max_chunk_bytes`` (:meth:`chunk_for`). Blocks of at
+        least :data:`FUNC_MIN_COLUMNS` columns may use forward-over-reverse: once the
+        column path of the second backward is settled, the next such product runs its
+        first batch both ways and keeps jvp-of-grad only if it agrees and is faster.
+        """
+        k = V.shape[1]
+        data = self.risk.data
+
+        def vectorised(chunk: int | None) -> bool:
+            # the jvp path only for blocks of at least FUNC_MIN_COLUMNS columns per pass:
+            # a memory-bound chunk of 2 must not decide (or use) the path of wide blocks
+            width = k if chunk is None else min(k, chunk)
+            return width >= FUNC_MIN_COLUMNS and self.paths.func is not False
+
+        def step(i: int, batch: Any) -> tuple[Tensor, Tensor]:
+            if self.paths.func and vectorised(None):
+                if self.column_bytes is None and chunk_size is None:
+                    self.gradient_graph(batch, measure=True)
+            chunk = self.chunk_for(k, chunk_size, max_chunk_bytes)
+            if self.paths.func and vectorised(chunk):
+                return self.hvp_forward_over_reverse(V, batch, chunk)
+            t0 = time.perf_counter()
+            if i in self._graphs:
+                g, loss = self._graphs[i]
+            else:
+                g, loss = self.gradient_graph(batch, measure=self.column_bytes is None)
+                if cache_graphs is None and self._cache_ok is None and not data.streamed:
+                    self._cache_ok = self.column_bytes * data.num_batches <= max_cache_bytes
+                if not data.streamed and (cache_graphs or (cache_graphs is None and self._cache_ok)):
+                    self._graphs[i] = (g, loss)
+            chunk = self.chunk_for(k, chunk_size, max_chunk_bytes)
+            # decide the jvp path only once the column path is settled, so the
+            # reference time holds no timing experiment of its own
+            calibrate = (
+                vectorised(chunk) and self.paths.func is None and self.paths.batched is not None
+            )
+            t1 = time.perf_counter()
+            hv = self.second_backward(g, V, chunk)
+            if calibrate:
+                _sync(V)
+                # what this path costs from now on: the second backward alone once the
+                # graph is kept, else graph and second backward
+                t_now = time.perf_counter() - (t1 if i in self._graphs else t0)
+                self._calibrate_func(V, batch, chunk, hv, t_now)
+            return hv, loss
+
+        with self.risk.differentiable():
+            return data.accumulate(step, torch.zeros_like(V), progress=progress, desc="hvp")
+
+    def hvp_forward_over_reverse(
+        self, V: Tensor, batch: Any, chunk_size: int | None
+    ) -> tuple[Tensor, Tensor]:
+        """``(H_b V, loss_b)`` by forward-over-reverse (``jvp`` of ``grad``) vectorised
+        over columns. The primal forward and backward are shared by the ``k`` tangents,
+        which on conv nets costs about 1 gradient per column against 2.5 for double
+        backward."""
+        risk = self.risk
+
+        def loss_at(w):
+            loss = risk.batch_loss(w, batch)
+            return loss, loss.detach()
+
+        grad_fn = grad(loss_at, has_aux=True)
+
+        def one(v):
+            (_, loss), (hv, _) = jvp(grad_fn, (risk.w0,), (v,))
+            return hv, loss
+
+        hv, loss = vmap(one, in_dims=1, out_dims=(1, 0), chunk_size=chunk_size)(V)
+        return hv, loss[0]
+
+    def _calibrate_func(
+        self, V: Tensor, batch: Any, chunk_size: int | None, reference: Tensor, t_reference: float
+    ) -> None:
+        """Decide once whether wide products go through :meth:`hvp_forward_over_reverse`.
+
+        Used only if it reproduces the double-backward products of this block to
+        ``1e4`` units of roundoff and is faster. The check guards against wrong
+        forward-mode rules: torch.func's Hessians of affine LayerNorm are wrong in
+        torch 2.13 along some code paths (tests/operators/test_dense.py), and
+        curvlinops' products on a ViT were measured 1.6e-2 off (reports/benchmark).
+        """
+        # the whole block of the first batch: vmap's per-column cost depends on the
+        # number of columns, so a smaller trial would misjudge it
+        cols = V.shape[1]
+        try:
+            # the first call of a transform on a model is several times slower than
+            # later ones (measured 4.5x on ResNet-20), and the first calls at a new
+            # width pay for fresh memory (a ViT's 80-column block: 9 ms per column on
+            # the second call, 5 from the third): warm up on the whole block, then
+            # keep the faster of two timed runs
+            self.hvp_forward_over_reverse(V, batch, chunk_size)
+            t_func = math.inf
+            for _ in range(2):
+                t0 = time.perf_counter()
+                hv, _ = self.hvp_forward_over_reverse(V, batch, chunk_size)
+                _sync(V)
+                t_func = min(t_func, (time.perf_counter() - t0) / cols)
+        except Exception:  # no forward-mode or batching rule somewhere: keep double backward
+            self.paths.func = False
+            return
+        scale = torch.linalg.vector_norm(reference).clamp_min(torch.finfo(V.dtype).tiny)
+        err = float(torch.linalg.vector_norm(hv - reference) / scale)
+        self.paths.func = err <= 1e4 * torch.finfo(V.dtype).eps and t_func < t_reference / cols
+
+    def gradient_graph(self, batch: Any, measure: bool = False) -> tuple[Tensor, Tensor]:
+        """Flat batch gradient with its graph (``create_graph=True``) and the loss; with
+        ``measure``, the bytes autograd saved for it go to :attr:`column_bytes`.
+        Needs :meth:`EmpiricalRisk.differentiable`."""
+        params = self.risk.param_list
+        with saved_bytes() if measure else contextlib.nullcontext([0]) as nbytes:
+            loss = self.risk.module_loss(batch)
+            if not self._graph_checked:
+                check_second_derivatives(loss)
+                self._graph_checked = True
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        if measure:
+            self.column_bytes = max(nbytes[0], 1)
+        g = torch.cat(
+            [torch.zeros_like(p).reshape(-1) if t is None else t.reshape(-1)
+             for p, t in zip(params, grads)]
+        )
+        return g, loss.detach()
+
+    def second_backward(self, g: Tensor, V: Tensor, chunk_size: int | None) -> Tensor:
+        """``d(g . v)/dw`` for every column ``v`` of ``V``; the graph of ``g`` is kept.
+
+        Columns go through one vmapped backward (``is_grads_batched``) or one backward
+        each. Which is faster depends on the model: measured on digits MLPs, the
+        batched pass costs 0.4x the loop per column at 2.4k parameters and 3.4x at 38k.
+        The first multi-column block on a module times both on its first columns and
+        the faster is kept.
+        """
+        k = V.shape[1]
+        if not g.requires_grad:  # loss linear in the parameters: zero Hessian
+            return torch.zeros_like(V)
+        out = torch.empty_like(V)
+        step = k if chunk_size is None else max(1, int(chunk_size))
+        for start in range(0, k, step):
+            block = V[:, start : start + step]
+            try:
+                if block.shape[1] > 1 and self.paths.batched is None:
+                    out[:, start : start + step] = self._time_both(g, block)
+                elif block.shape[1] > 1 and self.paths.batched:
+                    out[:, start : start + step] = self.vjp_columns(g, block.T, batched=True).T
+                else:
+                    out[:, start : start + step] = self._loop_columns(g, block)
+            except RuntimeError as err:
+                if self.paths.batched is not False and block.shape[1] > 1 and "vmap" in str(err).lower():
+                    self.paths.batched = False  # an op without a batching rule: loop instead
+                    return self.second_backward(g, V, chunk_size)
+                raise double_backward_error(err) from err
+        return out
+
+    def _loop_columns(self, g: Tensor, block: Tensor) -> Tensor:
+        return torch.stack([self.vjp_columns(g, v, batched=False) for v in block.T], dim=1)
+
+    def _time_both(self, g: Tensor, block: Tensor) -> Tensor:
+        """Time the first ``FUNC_MIN_COLUMNS`` columns batched and looped, keep the faster
+        path (per column) for the rest of ``block`` and for later products."""
+        probe = block[:, :FUNC_MIN_COLUMNS]
+        times = []
+        for batched in (True, False):
+            _sync(block)
+            t0 = time.perf_counter()
+            if batched:
+                head = self.vjp_columns(g, probe.T, batched=True).T
+            else:
+                self._loop_columns(g, probe)
+            _sync(block)
+            times.append(time.perf_counter() - t0)
+        self.paths.batched = times[0] <= times[1]
+        rest = block[:, probe.shape[1] :]
+        if rest.shape[1] == 0:
+            return head
+        if self.paths.batched:
+            return torch.cat([head, self.vjp_columns(g, rest.T, batched=True).T], dim=1)
+        return torch.cat([head, self._loop_columns(g, rest)], dim=1)
+
+    def vjp_columns(self, g: Tensor, v: Tensor, batched: bool) -> Tensor:
+        """Flat ``d(g . v)/dw``: ``v: Tensor[n]``, or ``Tensor[m, n]`` rows with ``batched``."""
+        params = self.risk.param_list
+        hs = torch.autograd.grad(
+            g, params, v, retain_graph=True, allow_unused=True, is_grads_batched=batched
+        )
+        lead = (v.shape[0],) if batched else ()
+        return torch.cat(
+            [torch.zeros(*lead, p.numel(), dtype=v.dtype, device=v.device) if h is None
+             else h.reshape(*lead, -1) for p, h in zip(params, hs)],
+            dim=-1,
+        )

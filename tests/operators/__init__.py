@@ -1,0 +1,1 @@
+"""Tests of curvature.operators, one file per room."""
