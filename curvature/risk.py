@@ -116,6 +116,12 @@ class EmpiricalRisk:
         self.fixed = {k: v.detach() for k, v in own.items() if k not in selected}
         self.fixed.update(dict(self.model.named_buffers()))
         self.param_list = [own[k] for k in names]
+        if isinstance(data, Iterator):  # every product passes over the data again
+            raise TypeError(
+                f"data is a one-shot iterator ({type(data).__name__}): the first pass would "
+                "use it up and later products would see no data; pass a list of batches or "
+                "a re-iterable such as a DataLoader"
+            )
         # the first batch of the first pass checks that loss_fn reduces as declared
         self.data = DataLoop(
             data, device=self.device, dtype=self.dtype, reduction=reduction,

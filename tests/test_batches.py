@@ -41,3 +41,18 @@ def test_batch_helpers():
     assert type(moved["dd"]) is dict and moved["dd"]["a"][0].dtype == torch.float64
     assert moved["nt"].b.dtype == torch.long and moved["l"][1][0].dtype == torch.long
     assert moved["s"] == "text" and nested["od"]["a"].dtype == torch.float32
+
+
+def test_one_shot_iterators_are_refused_with_the_way_out():
+    """A generator would be used up by the first pass (a second product then saw no data
+    and said only "data is empty"): refused up front, naming a list or a DataLoader."""
+    import curvature as cv
+
+    x, y = torch.randn(6, 3), torch.randn(6, 1)
+    model = torch.nn.Linear(3, 1)
+    for one_shot in ((b for b in [(x, y)]), iter([(x, y)]), map(tuple, [(x, y)])):
+        with pytest.raises(TypeError, match="one-shot iterator.*DataLoader"):
+            cv.HessianOperator(model, torch.nn.functional.mse_loss, one_shot)
+    op = cv.HessianOperator(model, torch.nn.functional.mse_loss, [(x, y)])
+    v = torch.randn(op.shape[0])
+    assert torch.equal(op @ v, op @ v)  # a list is passed over again and again
