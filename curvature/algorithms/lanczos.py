@@ -272,25 +272,26 @@ def lanczos(
             invariant = not live.any()
             if (~live & (sv > rounding)).any():  # dropped above the rounding level
                 dropped = math.hypot(dropped, float(sv[~live].max()))
-            passed = res_ok = len(top) == k and bool(np.all(residuals[top] <= limit))
+            res_ok = len(top) == k and bool(np.all(residuals[top] <= limit))
+            # In an invariant space the residuals are as small as they will get: pairs at
+            # the rounding level count as found for the search (fresh regions, block
+            # growth), and only the final answer is held to tol.
+            floor = rounding if invariant else 0.0
+            passed = len(top) == k and bool(np.all(residuals[top] <= np.maximum(limit, floor)))
             if passed and not full_space:
                 passed = (region == 0 and not invariant) or (
                     region > 0
-                    and _region_done(theta, residuals, S, region, which, theta[top[-1]], invariant, tol, anorm)
+                    and _region_done(theta, residuals, S, region, which, theta[top[-1]], invariant,
+                                     tol, anorm, floor)
                 )
-            if (
-                not res_ok
-                and invariant
-                and len(top) == k
-                and np.all(residuals[top] <= np.maximum(limit, rounding))
-            ):
+            copies = _saturated(theta[top], limit, b) if passed and not full_space else 0
+            if passed and not res_ok and copies == 0 and (full_space or steps >= hold_until):
                 message = (
                     f"the wanted Ritz pairs are exact to the rounding level {rounding:.2g} of "
                     f"{str(dtype)[6:]} products after {used} matvecs, but tol = {tol:g} asks "
                     "for smaller residuals (below working precision; raise tol or use float64)"
                 )
                 break
-            copies = _saturated(theta[top], limit, b) if passed and not full_space else 0
             if passed and copies == 0 and (full_space or steps >= hold_until):
                 converged = True
                 message = (
@@ -371,6 +372,14 @@ def lanczos(
                 p = min(m - u_next, k + (m - k) // 2)
                 kept = order[:p]
                 if region > 0:
+                    # Half the slots beyond the k wanted go to the fresh region's most wanted
+                    # Ritz vectors: ranked among all, they can lose every slot to the old
+                    # region's exact pairs, and the region would start over at each restart.
+                    fresh_side = np.abs(S[region:, order]).sum(0) > 0
+                    share = np.flatnonzero(fresh_side & (np.arange(len(order)) >= k))
+                    share = share[: (p - k + 1) // 2]
+                    rest = np.setdiff1d(np.arange(len(order)), share, assume_unique=True)
+                    kept = order[np.sort(np.concatenate([share, rest[: p - len(share)]]))]
                     old = np.abs(S[:region, kept]).sum(0) > 0
                     kept = np.concatenate([kept[old], kept[~old]])
                     region = int(old.sum())
@@ -434,7 +443,7 @@ def _saturated(theta: np.ndarray, limit: np.ndarray, b: int) -> int:
     return int(counts[full].max()) if full.any() else 0
 
 
-def _region_done(theta, residuals, S, region, which, kth, invariant, tol, anorm) -> bool:
+def _region_done(theta, residuals, S, region, which, kth, invariant, tol, anorm, floor) -> bool:
     """The region started after the last invariant subspace holds nothing beyond the k-th.
 
     Its most wanted Ritz pair (the columns of ``S`` supported on rows ``>= region``) has
@@ -447,7 +456,7 @@ def _region_done(theta, residuals, S, region, which, kth, invariant, tol, anorm)
     if inside.size == 0:
         return False
     best = inside[wanted_order(theta[inside], which)[0]]
-    if residuals[best] <= residual_limit(theta[best], anorm, tol):
+    if residuals[best] <= max(residual_limit(theta[best], anorm, tol), floor):
         return True
     if not invariant:
         return False
