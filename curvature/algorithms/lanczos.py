@@ -110,8 +110,14 @@ BASIS_NUMBERS = 2**29
 def default_basis_size(k: int, n: int) -> int:
     """Expanded basis columns kept before a thick restart when none are asked for:
     ``min(n, max(2k + 10, k + 30))``, lowered (not below ``k + 10``) to keep the basis
-    under :data:`BASIS_NUMBERS` numbers."""
-    return min(n, max(2 * k + 10, k + 30), max(k + 10, BASIS_NUMBERS // n))
+    under :data:`BASIS_NUMBERS` numbers; ``n`` itself when ``n`` is at most twice that
+    (and the basis fits): the run then never restarts, and a basis that reaches ``n``
+    columns makes every Ritz pair exact (thick restarts would discard exact pairs found
+    before an invariant subspace and search for them again)."""
+    size = min(n, max(2 * k + 10, k + 30), max(k + 10, BASIS_NUMBERS // n))
+    if n <= 2 * size and n <= BASIS_NUMBERS // n:
+        return n
+    return size
 
 
 def block_size(k: int, n: int, basis_size: int, max_matvecs: int) -> int:
