@@ -31,6 +31,11 @@ factor of the previous block and ``||H Q_U||_F`` (about ``3 b^2`` numbers).
 **Thick restart.** When the basis holds ``basis_size`` expanded columns, the ``p`` most
 wanted Ritz vectors ``Y = Q_E S_p`` are kept with ``T = \Theta_p`` and coupling ``C S_p``
 to the unexpanded block, and the recurrence continues (Wu & Simon 2000 for ``b = 1``).
+While a fresh region (below) is searched, half the slots beyond the ``k`` wanted go to
+its most wanted Ritz vectors, which would otherwise lose every slot to the exact pairs of
+the invariant space before it and start over at each restart. When ``n`` is small (at
+most twice the default size) the default basis is ``n``: no restart, and the run ends as
+soon as the basis spans the space.
 
 **Why every copy of a repeated eigenvalue is found.** A single start vector ``q`` has one
 component in each eigenspace, so ``K_s(H, q)`` contains one vector of an eigenspace of
@@ -76,8 +81,11 @@ cannot grow beyond ``basis_size - k`` columns, and a run that would need more st
 steps, and (iv) the run never stops on an invariant subspace of dimension ``< n`` unless
 the fresh region started after it is done: its most wanted pair passed the residual test,
 or the region became invariant too and its most wanted value ranks below the ``k``-th by
-more than its residual. An invariant space whose wanted residuals are at the rounding
-level of the dtype but above ``tol`` ends with ``converged=False`` ("below working
+more than its residual. In an invariant space the residuals are as small as they will
+get: pairs at the rounding level of the dtype count as found while the search goes on
+(fresh regions, block growth; in float32 the pairs of a zero eigenvalue cannot reach
+``tol * 1e-3 ||H||``), and a run whose search is complete but whose wanted residuals are
+at the rounding level and above ``tol`` ends with ``converged=False`` ("below working
 precision") instead of spending the budget. As for any Krylov method, the check is
 probabilistic: a start block exactly orthogonal to an eigenvector of a full-rank operator
 (probability zero for Gaussian starts) cannot see it, and with a tight ``basis_size`` a
