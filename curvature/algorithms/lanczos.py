@@ -33,7 +33,9 @@ wanted Ritz vectors ``Y = Q_E S_p`` are kept with ``T = \Theta_p`` and coupling 
 to the unexpanded block, and the recurrence continues (Wu & Simon 2000 for ``b = 1``).
 While a fresh region (below) is searched, half the slots beyond the ``k`` wanted go to
 its most wanted Ritz vectors, which would otherwise lose every slot to the exact pairs of
-the invariant space before it and start over at each restart. When ``n`` is small (at
+the invariant space before it and start over at each restart. A region whose restarts
+kept fewer of its vectors than the block has columns sees copies only as far as it kept
+them: a cluster with as many members in the region as it kept is refused, not certified. When ``n`` is small (at
 most twice the default size) the default basis is ``n``: no restart, and the run ends as
 soon as the basis spans the space.
 
@@ -227,6 +229,7 @@ def lanczos(
     e, u = 0, b  # expanded columns Q[:, :e], unexpanded block Q[:, e:e+u]
     G = torch.zeros(0, 0, dtype=dtype, device=device)  # see U_next below
     region = 0  # first column of the region started after the last invariant subspace
+    region_kept = n  # fewest Ritz vectors of the current region a thick restart kept
     anorm = 0.0  # running estimate of ||H||: the largest |Ritz value| seen
     dropped = 0.0  # norm of the couplings dropped at (near-)invariant directions
     steps = restarts = breakdowns = 0
@@ -298,7 +301,15 @@ def lanczos(
                     and _region_done(theta, residuals, S, region, which, theta[top[-1]], invariant,
                                      tol, anorm, floor)
                 )
+            # A fresh region's Krylov space holds min(b, d) copies of an eigenvalue only as
+            # long as the restarts keep them: certify no more copies than they kept.
+            # A cluster filling the region's kept vectors may hide copies: refuse (below).
+            b_cert = min(b, region_kept) if region > 0 else b
             copies = _saturated(theta[top], limit, b) if passed and not full_space else 0
+            truncated = 0
+            if passed and not full_space and not copies and b_cert < b:
+                mine = np.abs(S[region:, top]).sum(0) > 0
+                copies = truncated = _saturated(theta[top], limit, b_cert, mine)
             if passed and not res_ok and copies == 0 and (full_space or steps >= hold_until):
                 message = (
                     f"the wanted Ritz pairs are exact to the rounding level {rounding:.2g} of "
@@ -317,6 +328,15 @@ def lanczos(
             if passed:
                 settle = settle or steps
             if copies:
+                if truncated:
+                    message = (
+                        f"a cluster of {copies} equal wanted values reaches the {b_cert} Ritz "
+                        "vector(s) of the fresh region (started after an invariant subspace) "
+                        "that the thick restarts keep, so further copies of that eigenvalue may "
+                        "be missing from the wanted set; a larger basis_size lets the region keep "
+                        f"its block of {b} (used {used} matvecs)"
+                    )
+                    break
                 if b >= b_max:
                     message = (
                         f"a cluster of {copies} equal wanted values fills the block of {b} "
@@ -349,6 +369,7 @@ def lanczos(
             if invariant:
                 breakdowns += 1
                 region = f  # T stays block diagonal across f: the fresh block is a new region
+                region_kept = n
             if used + n_live + fresh > max_matvecs:
                 exhausted = True
                 pending = region > 0 and not invariant
@@ -391,12 +412,14 @@ def lanczos(
                     # region's exact pairs, and the region would start over at each restart.
                     fresh_side = np.abs(S[region:, order]).sum(0) > 0
                     share = np.flatnonzero(fresh_side & (np.arange(len(order)) >= k))
-                    share = share[: (p - k + 1) // 2]
+                    share = share[: max((p - k + 1) // 2, min(b, p - k))]
                     rest = np.setdiff1d(np.arange(len(order)), share, assume_unique=True)
                     kept = order[np.sort(np.concatenate([share, rest[: p - len(share)]]))]
                     old = np.abs(S[:region, kept]).sum(0) > 0
                     kept = np.concatenate([kept[old], kept[~old]])
                     region = int(old.sum())
+                    if not invariant:  # the region has Ritz vectors of its own to keep
+                        region_kept = min(region_kept, len(kept) - region)
                 S_kept = torch.as_tensor(S[:, kept], dtype=dtype, device=device)
                 Q[:, :p] = Q[:, :f] @ S_kept
                 Q[:, p : p + u_next] = U_next
@@ -443,16 +466,20 @@ def lanczos(
     )
 
 
-def _saturated(theta: np.ndarray, limit: np.ndarray, b: int) -> int:
+def _saturated(theta: np.ndarray, limit: np.ndarray, b: int, mine: np.ndarray | None = None) -> int:
     """Size of the largest cluster of ``>= b`` equal wanted values that excludes the last one.
 
     ``theta`` holds the ``k`` wanted Ritz values (most wanted first); two are copies when
     they differ by at most the sum of their residual limits. A block of ``b`` columns sees
     at most ``b`` copies of an eigenvalue, so such a cluster may hide further copies that
-    would displace the last wanted values. 0 when there is none.
+    would displace the last wanted values. 0 when there is none. ``mine`` (bool mask):
+    count only these members (the current region's), report the whole cluster.
     """
     close = np.abs(theta[:, None] - theta[None, :]) <= limit[:, None] + limit[None, :]
     counts = close.sum(1)
+    if mine is not None:
+        full = (close[:, mine].sum(1) >= b) & ~close[:, -1]
+        return int(counts[full].max()) if full.any() else 0
     full = (counts >= b) & ~close[:, -1]
     return int(counts[full].max()) if full.any() else 0
 

@@ -404,3 +404,21 @@ def test_few_distinct_values_every_copy_in_float32(case, seed, dtype):
     check_residual_bounds(op, res)
     assert res.num_matvecs <= 60
 
+
+
+def test_tight_basis_fresh_region_does_not_certify_truncated_copies():
+    # Four values of multiplicity ~30 and a basis of k + 6: after the invariant spaces the
+    # fresh region keeps few Ritz vectors across restarts, so a cluster of 5 copies found
+    # with a block of 6 is no proof that all copies are in (30 are); the stress test found
+    # [1.0746] * 5 + [-1.0688] * 3 claimed converged. Refuse or answer right, never wrong.
+    eigs = np.array([1.074628] * 30 + [-1.068757] * 29 + [0.588558] * 35 + [-0.333389] * 34)
+    ref = truth(eigs, 8, "magnitude")
+    for seed in range(4):
+        op = rng_operator(eigs, seed, torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            res = eigenvalues(op, 8, which="magnitude", tol=1e-6, basis_size=14, seed=seed)
+        if res.converged:
+            np.testing.assert_allclose(res.values.numpy(), ref, rtol=1e-9)
+        else:
+            assert "copies" in res.message or "max_matvecs" in res.message
