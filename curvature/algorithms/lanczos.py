@@ -31,13 +31,11 @@ factor of the previous block and ``||H Q_U||_F`` (about ``3 b^2`` numbers).
 **Thick restart.** When the basis holds ``basis_size`` expanded columns, the ``p`` most
 wanted Ritz vectors ``Y = Q_E S_p`` are kept with ``T = \Theta_p`` and coupling ``C S_p``
 to the unexpanded block, and the recurrence continues (Wu & Simon 2000 for ``b = 1``).
-While a fresh region (below) is searched, half the slots beyond the ``k`` wanted go to
-its most wanted Ritz vectors, which would otherwise lose every slot to the exact pairs of
-the invariant space before it and start over at each restart. A region whose restarts
-kept fewer of its vectors than the block has columns sees copies only as far as it kept
-them: a cluster with as many members in the region as it kept is refused, not certified. When ``n`` is small (at
-most twice the default size) the default basis is ``n``: no restart, and the run ends as
-soon as the basis spans the space.
+In a fresh region (below) half the slots beyond the ``k`` wanted go to the region's most
+wanted Ritz vectors (else the exact pairs before it take them all and the region starts
+over at each restart); a region kept to fewer vectors than the block has columns
+certifies only as many copies as it kept. For ``n`` up to twice the default size the
+default basis is ``n``: no restart, and a basis spanning the space ends the run.
 
 **Why every copy of a repeated eigenvalue is found.** A single start vector ``q`` has one
 component in each eigenspace, so ``K_s(H, q)`` contains one vector of an eigenspace of
@@ -121,9 +119,7 @@ def default_basis_size(k: int, n: int) -> int:
     """Expanded basis columns kept before a thick restart when none are asked for:
     ``min(n, max(2k + 10, k + 30))``, lowered (not below ``k + 10``) to keep the basis
     under :data:`BASIS_NUMBERS` numbers; ``n`` itself when ``n`` is at most twice that
-    (and the basis fits): the run then never restarts, and a basis that reaches ``n``
-    columns makes every Ritz pair exact (thick restarts would discard exact pairs found
-    before an invariant subspace and search for them again)."""
+    (no restart; a basis reaching ``n`` columns makes every Ritz pair exact)."""
     size = min(n, max(2 * k + 10, k + 30), max(k + 10, BASIS_NUMBERS // n))
     if n <= 2 * size and n <= BASIS_NUMBERS // n:
         return n
@@ -290,9 +286,7 @@ def lanczos(
             if (~live & (sv > rounding)).any():  # dropped above the rounding level
                 dropped = math.hypot(dropped, float(sv[~live].max()))
             res_ok = len(top) == k and bool(np.all(residuals[top] <= limit))
-            # In an invariant space the residuals are as small as they will get: pairs at
-            # the rounding level count as found for the search (fresh regions, block
-            # growth), and only the final answer is held to tol.
+            # Invariant: pairs at the rounding level count as found for the search.
             floor = rounding if invariant else 0.0
             passed = len(top) == k and bool(np.all(residuals[top] <= np.maximum(limit, floor)))
             if passed and not full_space:
@@ -301,9 +295,7 @@ def lanczos(
                     and _region_done(theta, residuals, S, region, which, theta[top[-1]], invariant,
                                      tol, anorm, floor)
                 )
-            # A fresh region's Krylov space holds min(b, d) copies of an eigenvalue only as
-            # long as the restarts keep them: certify no more copies than they kept.
-            # A cluster filling the region's kept vectors may hide copies: refuse (below).
+            # A fresh region holds min(b, d) copies only as far as the restarts kept them.
             b_cert = min(b, region_kept) if region > 0 else b
             copies = _saturated(theta[top], limit, b) if passed and not full_space else 0
             truncated = 0
@@ -407,9 +399,7 @@ def lanczos(
                 p = min(m - u_next, k + (m - k) // 2)
                 kept = order[:p]
                 if region > 0:
-                    # Half the slots beyond the k wanted go to the fresh region's most wanted
-                    # Ritz vectors: ranked among all, they can lose every slot to the old
-                    # region's exact pairs, and the region would start over at each restart.
+                    # Slots beyond the k wanted for the fresh region (module docstring).
                     fresh_side = np.abs(S[region:, order]).sum(0) > 0
                     share = np.flatnonzero(fresh_side & (np.arange(len(order)) >= k))
                     share = share[: max((p - k + 1) // 2, min(b, p - k))]
@@ -477,10 +467,7 @@ def _saturated(theta: np.ndarray, limit: np.ndarray, b: int, mine: np.ndarray | 
     """
     close = np.abs(theta[:, None] - theta[None, :]) <= limit[:, None] + limit[None, :]
     counts = close.sum(1)
-    if mine is not None:
-        full = (close[:, mine].sum(1) >= b) & ~close[:, -1]
-        return int(counts[full].max()) if full.any() else 0
-    full = (counts >= b) & ~close[:, -1]
+    full = ((counts if mine is None else close[:, mine].sum(1)) >= b) & ~close[:, -1]
     return int(counts[full].max()) if full.any() else 0
 
 
