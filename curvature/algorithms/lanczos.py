@@ -31,6 +31,11 @@ factor of the previous block and ``||H Q_U||_F`` (about ``3 b^2`` numbers).
 **Thick restart.** When the basis holds ``basis_size`` expanded columns, the ``p`` most
 wanted Ritz vectors ``Y = Q_E S_p`` are kept with ``T = \Theta_p`` and coupling ``C S_p``
 to the unexpanded block, and the recurrence continues (Wu & Simon 2000 for ``b = 1``).
+In a fresh region (below) half the slots beyond the ``k`` wanted go to the region's most
+wanted Ritz vectors (else the exact pairs before it take them all and the region starts
+over at each restart); a region kept to fewer vectors than the block has columns
+certifies only as many copies as it kept. For ``n`` up to twice the default size the
+default basis is ``n``: no restart, and a basis spanning the space ends the run.
 
 **Why every copy of a repeated eigenvalue is found.** A single start vector ``q`` has one
 component in each eigenspace, so ``K_s(H, q)`` contains one vector of an eigenspace of
@@ -76,8 +81,11 @@ cannot grow beyond ``basis_size - k`` columns, and a run that would need more st
 steps, and (iv) the run never stops on an invariant subspace of dimension ``< n`` unless
 the fresh region started after it is done: its most wanted pair passed the residual test,
 or the region became invariant too and its most wanted value ranks below the ``k``-th by
-more than its residual. An invariant space whose wanted residuals are at the rounding
-level of the dtype but above ``tol`` ends with ``converged=False`` ("below working
+more than its residual. In an invariant space the residuals are as small as they will
+get: pairs at the rounding level of the dtype count as found while the search goes on
+(fresh regions, block growth; in float32 the pairs of a zero eigenvalue cannot reach
+``tol * 1e-3 ||H||``), and a run whose search is complete but whose wanted residuals are
+at the rounding level and above ``tol`` ends with ``converged=False`` ("below working
 precision") instead of spending the budget. As for any Krylov method, the check is
 probabilistic: a start block exactly orthogonal to an eigenvector of a full-rank operator
 (probability zero for Gaussian starts) cannot see it, and with a tight ``basis_size`` a
@@ -110,8 +118,12 @@ BASIS_NUMBERS = 2**29
 def default_basis_size(k: int, n: int) -> int:
     """Expanded basis columns kept before a thick restart when none are asked for:
     ``min(n, max(2k + 10, k + 30))``, lowered (not below ``k + 10``) to keep the basis
-    under :data:`BASIS_NUMBERS` numbers."""
-    return min(n, max(2 * k + 10, k + 30), max(k + 10, BASIS_NUMBERS // n))
+    under :data:`BASIS_NUMBERS` numbers; ``n`` itself when ``n`` is at most twice that
+    (no restart; a basis reaching ``n`` columns makes every Ritz pair exact)."""
+    size = min(n, max(2 * k + 10, k + 30), max(k + 10, BASIS_NUMBERS // n))
+    if n <= 2 * size and n <= BASIS_NUMBERS // n:
+        return n
+    return size
 
 
 def block_size(k: int, n: int, basis_size: int, max_matvecs: int) -> int:
@@ -213,6 +225,7 @@ def lanczos(
     e, u = 0, b  # expanded columns Q[:, :e], unexpanded block Q[:, e:e+u]
     G = torch.zeros(0, 0, dtype=dtype, device=device)  # see U_next below
     region = 0  # first column of the region started after the last invariant subspace
+    region_kept = n  # fewest Ritz vectors of the current region a thick restart kept
     anorm = 0.0  # running estimate of ||H||: the largest |Ritz value| seen
     dropped = 0.0  # norm of the couplings dropped at (near-)invariant directions
     steps = restarts = breakdowns = 0
@@ -272,25 +285,30 @@ def lanczos(
             invariant = not live.any()
             if (~live & (sv > rounding)).any():  # dropped above the rounding level
                 dropped = math.hypot(dropped, float(sv[~live].max()))
-            passed = res_ok = len(top) == k and bool(np.all(residuals[top] <= limit))
+            res_ok = len(top) == k and bool(np.all(residuals[top] <= limit))
+            # Invariant: pairs at the rounding level count as found for the search.
+            floor = rounding if invariant else 0.0
+            passed = len(top) == k and bool(np.all(residuals[top] <= np.maximum(limit, floor)))
             if passed and not full_space:
                 passed = (region == 0 and not invariant) or (
                     region > 0
-                    and _region_done(theta, residuals, S, region, which, theta[top[-1]], invariant, tol, anorm)
+                    and _region_done(theta, residuals, S, region, which, theta[top[-1]], invariant,
+                                     tol, anorm, floor)
                 )
-            if (
-                not res_ok
-                and invariant
-                and len(top) == k
-                and np.all(residuals[top] <= np.maximum(limit, rounding))
-            ):
+            # A fresh region holds min(b, d) copies only as far as the restarts kept them.
+            b_cert = min(b, region_kept) if region > 0 else b
+            copies = _saturated(theta[top], limit, b) if passed and not full_space else 0
+            truncated = 0
+            if passed and not full_space and not copies and b_cert < b:
+                mine = np.abs(S[region:, top]).sum(0) > 0
+                copies = truncated = _saturated(theta[top], limit, b_cert, mine)
+            if passed and not res_ok and copies == 0 and (full_space or steps >= hold_until):
                 message = (
                     f"the wanted Ritz pairs are exact to the rounding level {rounding:.2g} of "
                     f"{str(dtype)[6:]} products after {used} matvecs, but tol = {tol:g} asks "
                     "for smaller residuals (below working precision; raise tol or use float64)"
                 )
                 break
-            copies = _saturated(theta[top], limit, b) if passed and not full_space else 0
             if passed and copies == 0 and (full_space or steps >= hold_until):
                 converged = True
                 message = (
@@ -302,6 +320,15 @@ def lanczos(
             if passed:
                 settle = settle or steps
             if copies:
+                if truncated:
+                    message = (
+                        f"a cluster of {copies} equal wanted values reaches the {b_cert} Ritz "
+                        "vector(s) of the fresh region (started after an invariant subspace) "
+                        "that the thick restarts keep, so further copies of that eigenvalue may "
+                        "be missing from the wanted set; a larger basis_size lets the region keep "
+                        f"its block of {b} (used {used} matvecs)"
+                    )
+                    break
                 if b >= b_max:
                     message = (
                         f"a cluster of {copies} equal wanted values fills the block of {b} "
@@ -334,6 +361,7 @@ def lanczos(
             if invariant:
                 breakdowns += 1
                 region = f  # T stays block diagonal across f: the fresh block is a new region
+                region_kept = n
             if used + n_live + fresh > max_matvecs:
                 exhausted = True
                 pending = region > 0 and not invariant
@@ -371,9 +399,17 @@ def lanczos(
                 p = min(m - u_next, k + (m - k) // 2)
                 kept = order[:p]
                 if region > 0:
+                    # Slots beyond the k wanted for the fresh region (module docstring).
+                    fresh_side = np.abs(S[region:, order]).sum(0) > 0
+                    share = np.flatnonzero(fresh_side & (np.arange(len(order)) >= k))
+                    share = share[: max((p - k + 1) // 2, min(b, p - k))]
+                    rest = np.setdiff1d(np.arange(len(order)), share, assume_unique=True)
+                    kept = order[np.sort(np.concatenate([share, rest[: p - len(share)]]))]
                     old = np.abs(S[:region, kept]).sum(0) > 0
                     kept = np.concatenate([kept[old], kept[~old]])
                     region = int(old.sum())
+                    if not invariant:  # the region has Ritz vectors of its own to keep
+                        region_kept = min(region_kept, len(kept) - region)
                 S_kept = torch.as_tensor(S[:, kept], dtype=dtype, device=device)
                 Q[:, :p] = Q[:, :f] @ S_kept
                 Q[:, p : p + u_next] = U_next
@@ -420,21 +456,22 @@ def lanczos(
     )
 
 
-def _saturated(theta: np.ndarray, limit: np.ndarray, b: int) -> int:
+def _saturated(theta: np.ndarray, limit: np.ndarray, b: int, mine: np.ndarray | None = None) -> int:
     """Size of the largest cluster of ``>= b`` equal wanted values that excludes the last one.
 
     ``theta`` holds the ``k`` wanted Ritz values (most wanted first); two are copies when
     they differ by at most the sum of their residual limits. A block of ``b`` columns sees
     at most ``b`` copies of an eigenvalue, so such a cluster may hide further copies that
-    would displace the last wanted values. 0 when there is none.
+    would displace the last wanted values. 0 when there is none. ``mine`` (bool mask):
+    count only these members (the current region's), report the whole cluster.
     """
     close = np.abs(theta[:, None] - theta[None, :]) <= limit[:, None] + limit[None, :]
     counts = close.sum(1)
-    full = (counts >= b) & ~close[:, -1]
+    full = ((counts if mine is None else close[:, mine].sum(1)) >= b) & ~close[:, -1]
     return int(counts[full].max()) if full.any() else 0
 
 
-def _region_done(theta, residuals, S, region, which, kth, invariant, tol, anorm) -> bool:
+def _region_done(theta, residuals, S, region, which, kth, invariant, tol, anorm, floor) -> bool:
     """The region started after the last invariant subspace holds nothing beyond the k-th.
 
     Its most wanted Ritz pair (the columns of ``S`` supported on rows ``>= region``) has
@@ -447,7 +484,7 @@ def _region_done(theta, residuals, S, region, which, kth, invariant, tol, anorm)
     if inside.size == 0:
         return False
     best = inside[wanted_order(theta[inside], which)[0]]
-    if residuals[best] <= residual_limit(theta[best], anorm, tol):
+    if residuals[best] <= max(residual_limit(theta[best], anorm, tol), floor):
         return True
     if not invariant:
         return False
