@@ -100,7 +100,8 @@ def eigenvalues(
         Lanczos only: Krylov basis columns kept in memory (``n * (basis_size + b)``
         numbers, ``b <= min(k, basis_size - k)`` the block size) before a thick restart;
         default ``min(n, max(2k + 10, k + 30))``, lowered (not below ``k + 10``) to keep
-        the basis under ``2**29`` numbers. Below ``2k`` it limits the block, and with it
+        the basis under ``2**29`` numbers, and ``n`` itself when ``n`` is at most twice
+        that (no restart: a basis of ``n`` columns makes every pair exact). Below ``2k`` it limits the block, and with it
         the multiplicity that can be certified.
     callback : callable, optional
         ``callback(num_matvecs, values)`` after every product (Lanczos: every block
