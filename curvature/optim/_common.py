@@ -219,6 +219,48 @@ class WrapsBaseOptimizer(CurvatureOptimizer):
         self.base_optimizer.param_groups = self.param_groups
 
 
+def scheduled_diagonal(opt: Optimizer, params: list[Tensor], name: str) -> list[Tensor] | None:
+    """A Hutchinson sample of diag(H) on the steps that refresh it, else ``None``.
+
+    ``opt`` has ``update_each``, ``num_samples`` and ``seed``; the refresh counter is
+    ``"hessian_step"`` in the first parameter's state (step ``t`` refreshes when
+    ``(t - 1) % update_each == 0``, with the probe generator of that step). On the other
+    steps the gradients' graphs are dropped (``create_graph=True`` kept them).
+    """
+    head = opt.state[params[0]]
+    t = head.get("hessian_step", 0) + 1
+    head["hessian_step"] = t
+    if (t - 1) % opt.update_each == 0:
+        gen = step_generator(opt.seed, t, params[0].device)
+        return hutchinson_diagonal(params, opt.num_samples, gen, name)
+    for p in params:
+        if p.grad is not None:
+            p.grad = p.grad.detach()
+    return None
+
+
+def groups_with_grads(
+    param_groups: Sequence[dict], has_grad: Sequence[bool]
+) -> Iterator[tuple[dict, list[int]]]:
+    """``(group, indices)`` for each param group, ``indices`` the positions (in the flat
+    list of every group's parameters, in order) of its parameters that have a gradient;
+    groups without any are skipped, as ``torch.optim`` skips parameters whose grad is None."""
+    i = 0
+    for group in param_groups:
+        n = len(group["params"])
+        keep = [j for j in range(i, i + n) if has_grad[j]]
+        i += n
+        if keep:
+            yield group, keep
+
+
+def with_weight_decay(d: list[Tensor], params: list[Tensor], weight_decay: float) -> list[Tensor]:
+    """``d + weight_decay * params`` (coupled L2 decay), or ``d`` itself when it is 0."""
+    if weight_decay == 0:
+        return d
+    return torch._foreach_add(d, params, alpha=weight_decay)
+
+
 def rademacher_like(params: Sequence[Tensor], generator: torch.Generator | None) -> list[Tensor]:
     """Independent +-1 vectors shaped like ``params`` (one draw per parameter, in order).
 

@@ -42,7 +42,9 @@ from curvature.optim._common import (
     disable_running_stats,
     flat,
     global_norm,
+    groups_with_grads,
     safe_div,
+    with_weight_decay,
 )
 
 __all__ = ["AcceleratedSAM"]
@@ -124,17 +126,9 @@ class AcceleratedSAM(CurvatureOptimizer):
         if g0_group["bias_correction"]:
             h_norm = h_norm / (1.0 - beta**t)
 
-        i = 0
-        for group in self.param_groups:
-            n = len(group["params"])
-            keep = [j for j in range(i, i + n) if has_grad[j]]  # torch.optim skips grad None
-            i += n
-            if not keep:
-                continue
+        for group, keep in groups_with_grads(self.param_groups, has_grad):
             ps = [params[j] for j in keep]
-            d = [g_adv[j] for j in keep]
-            if group["weight_decay"] != 0:
-                d = torch._foreach_add(d, ps, alpha=group["weight_decay"])
+            d = with_weight_decay([g_adv[j] for j in keep], ps, group["weight_decay"])
             if group["momentum"] != 0:
                 d = self._heavy_ball(ps, d, group["momentum"])
             step = -group["lr"] / h_norm.clamp_min(group["eps"])

@@ -50,8 +50,7 @@ from curvature.optim._common import (
     Closure,
     CurvatureOptimizer,
     flat,
-    hutchinson_diagonal,
-    step_generator,
+    scheduled_diagonal,
 )
 
 __all__ = ["AdaHessian"]
@@ -113,20 +112,11 @@ class AdaHessian(CurvatureOptimizer):
     def step(self, closure: Closure | None = None) -> Any:  # type: ignore[override]
         loss = self._evaluate_and_record(closure)
         params = self._params()
-        head = self.state[params[0]]
-        t_h = head.get("hessian_step", 0) + 1  # schedule of the Hessian refresh
-        head["hessian_step"] = t_h
-        if (t_h - 1) % self.update_each == 0:
-            gen = step_generator(self.seed, t_h, params[0].device)
-            diag = hutchinson_diagonal(params, self.num_samples, gen, "AdaHessian")
-            diag = [spatial_average(d) for d in diag]
+        diag = scheduled_diagonal(self, params, "AdaHessian")
+        if diag is not None:
             for p, d in zip(params, diag):
                 if p.grad is not None or "hessian_diag" not in self.state[p]:
-                    self.state[p]["hessian_diag"] = d
-        else:
-            for p in params:
-                if p.grad is not None:
-                    p.grad = p.grad.detach()
+                    self.state[p]["hessian_diag"] = spatial_average(d)
         for group in self.param_groups:
             ps = [p for p in group["params"] if p.grad is not None]  # as torch.optim
             if not ps:

@@ -50,8 +50,7 @@ from curvature.optim._common import (
     Closure,
     CurvatureOptimizer,
     flat,
-    hutchinson_diagonal,
-    step_generator,
+    scheduled_diagonal,
 )
 
 __all__ = ["DiagHessianSGD"]
@@ -109,12 +108,8 @@ class DiagHessianSGD(CurvatureOptimizer):
     def step(self, closure: Closure | None = None) -> Any:  # type: ignore[override]
         loss = self._evaluate_and_record(closure)
         params = self._params()
-        head = self.state[params[0]]
-        t = head.get("hessian_step", 0) + 1
-        head["hessian_step"] = t
-        if (t - 1) % self.update_each == 0:
-            gen = step_generator(self.seed, t, params[0].device)
-            sample = hutchinson_diagonal(params, self.num_samples, gen, "DiagHessianSGD")
+        sample = scheduled_diagonal(self, params, "DiagHessianSGD")
+        if sample is not None:
             for p, dp in zip(params, sample):
                 if p.grad is None:
                     continue
@@ -124,10 +119,6 @@ class DiagHessianSGD(CurvatureOptimizer):
                     s["hessian_updates"] = 0
                 s["hessian_ema"].lerp_(dp, 1.0 - self.beta)
                 s["hessian_updates"] += 1
-        else:
-            for p in params:
-                if p.grad is not None:
-                    p.grad = p.grad.detach()
         for group in self.param_groups:
             ps = [p for p in group["params"] if p.grad is not None]  # as torch.optim
             if not ps:

@@ -54,7 +54,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from curvature.optim._common import Closure, CurvatureOptimizer, flat, global_norm
+from curvature.optim._common import (
+    Closure,
+    CurvatureOptimizer,
+    flat,
+    global_norm,
+    groups_with_grads,
+    with_weight_decay,
+)
 
 __all__ = ["ForwardSAM", "forward_secant"]
 
@@ -133,17 +140,9 @@ class ForwardSAM(CurvatureOptimizer):
         g = self._grads(params, clone=True)
         fd = forward_secant(self, params, g, self.param_groups[0]["same_batch_pairs"])
 
-        i = 0
-        for group in self.param_groups:
-            n = len(group["params"])
-            keep = [j for j in range(i, i + n) if has_grad[j]]  # torch.optim skips grad None
-            i += n
-            if not keep:
-                continue
+        for group, keep in groups_with_grads(self.param_groups, has_grad):
             ps = [params[j] for j in keep]
-            direction = [g[j] for j in keep]
-            if group["weight_decay"] != 0:
-                direction = torch._foreach_add(direction, ps, alpha=group["weight_decay"])
+            direction = with_weight_decay([g[j] for j in keep], ps, group["weight_decay"])
             if fd is not None and group["alpha"] != 0:
                 direction = torch._foreach_add(direction, [fd[j] for j in keep],
                                                alpha=-group["alpha"] / group["lr"])

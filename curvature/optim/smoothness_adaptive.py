@@ -52,7 +52,9 @@ from curvature.optim._common import (
     disable_running_stats,
     flat,
     global_norm,
+    groups_with_grads,
     safe_div,
+    with_weight_decay,
 )
 from curvature.optim.sam import pair_estimates
 
@@ -142,17 +144,9 @@ class _SmoothnessAdaptive(CurvatureOptimizer):
         head["eta"], head["theta"] = eta, theta
         head["step"] = head.get("step", 0) + 1
 
-        i = 0
-        for group in self.param_groups:
-            n = len(group["params"])
-            keep = [j for j in range(i, i + n) if has_grad[j]]  # torch.optim skips grad None
-            i += n
-            if not keep:
-                continue
+        for group, keep in groups_with_grads(self.param_groups, has_grad):
             ps = [params[j] for j in keep]
-            d = [descent[j] for j in keep]
-            if group["weight_decay"] != 0:
-                d = torch._foreach_add(d, ps, alpha=group["weight_decay"])
+            d = with_weight_decay([descent[j] for j in keep], ps, group["weight_decay"])
             torch._foreach_add_(ps, torch._foreach_mul(d, -eta))
         if scalars:
             estimates.update(zip(scalars, torch.stack(list(scalars.values())).tolist()))
