@@ -152,6 +152,21 @@ class DataLoop:
             return self._keeper.mode
         return "streamed" if self.streamed else "list"
 
+    @property
+    def cache_key(self) -> tuple[int, int] | None:
+        """Per-batch results of a pass (gradient graphs at fixed parameters) may be
+        kept under their batch index and reused by later passes while this key stays
+        the same; ``None``: not reusable (streamed batches may change). A re-iterable
+        being kept gets its key on its recorded first pass, so that pass's graphs serve
+        the kept batches; a key change (a new recording, a decision to stream)
+        invalidates what was kept under the old one."""
+        keeper = self._keeper
+        if not self.streamed:
+            return (0, 0) if keeper is None else (1, keeper.generation)
+        if keeper is None or keeper.decided or keeper.generation == 0:
+            return None
+        return (1, keeper.generation)
+
     def _stream(self) -> Iterator[Any]:
         for i, batch in enumerate(self.batches):
             check_pair(batch, i)

@@ -137,9 +137,14 @@ class DataKeeper:
         """What was done: ``"streamed (first pass pending)"``, ``"kept"``, ``"kept
         (...)"`` or ``"streamed (reason)"``."""
         self.decided = False
+        self.generation = 0
+        """Counts the recording passes begun: results cached for the batches of a pass
+        (gradient graphs) are valid for the kept list only if that pass was recorded
+        under the current generation."""
 
     def record(self, stream: Iterator[Any]) -> Iterator[Any]:
         """The first pass: yields ``stream``'s batches and keeps them if they fit."""
+        self.generation += 1
         kept: list | None = []
         used = 0
         for batch in stream:

@@ -45,7 +45,8 @@ def test_ordered_loader_is_kept_and_its_graphs_cached(digits):
     ref = _truth(model, X, y, V)
     assert op.data_mode == "streamed (first pass pending)"
     assert rel(op @ V, ref) < 1e-12
-    assert op.products.num_cached_graphs == 0  # the first pass streams
+    # the first pass streams, recording the batches and their graphs under its key
+    assert op.products.num_cached_graphs == 3 and op.data_mode.startswith("streamed")
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="the data are streamed")
         second = op @ V
@@ -159,3 +160,31 @@ def test_interrupted_first_pass_is_not_kept(digits):
     for _ in range(3):
         assert rel(op @ V, ref) < 1e-12
     assert op.data_mode == "kept" and model.training == mode
+
+
+def test_graphs_of_an_interrupted_shuffled_pass_are_not_reused(digits):
+    """The graph of batch 0 built on a first pass that then failed belongs to other
+    examples than batch 0 of the next (reshuffled, recorded) pass: it must be dropped."""
+    X, y = digits
+    model = mlp()
+    state = {"grad_calls": 0, "armed": True}
+
+    def loss_fn(out, t):
+        if out.requires_grad:
+            state["grad_calls"] += 1
+            if state["armed"] and state["grad_calls"] == 2:
+                raise RuntimeError("batch 1 fails")
+        return F.cross_entropy(out, t)
+
+    torch.manual_seed(7)
+    loader = DataLoader(TensorDataset(X, y), batch_size=64, shuffle=True)
+    op = cv.HessianOperator(model, loss_fn, loader)
+    V = probe_block(op.shape[0], 1)
+    with pytest.raises(RuntimeError, match="batch 1 fails"):
+        op @ V
+    assert op.products.num_cached_graphs == 1
+    state["armed"] = False
+    ref = _truth(model, X, y, V)
+    for _ in range(3):
+        assert rel(op @ V, ref) < 1e-12
+    assert op.data_mode.startswith("kept (shuffling") and op.products.num_cached_graphs == 3
