@@ -5,7 +5,8 @@ Every run builds a fresh operator (so a kept loader pays its streamed first pass
 check) and the tools are alternated repeat by repeat. Rows: the list of batches (moved
 once, graphs cached), a DataLoader streamed on every pass (``cache_data=False``, the
 behaviour before :mod:`curvature.kept_data`), and DataLoaders with the default
-``cache_data=None`` without and with ``shuffle=True``.
+``cache_data=None`` without and with ``shuffle=True``; and PyHessian 0.1's density
+with the same (unshuffled) DataLoader, its full-dataset mode.
 
     python -m analysis.bench_loader [--repeats 3]
 """
@@ -21,7 +22,18 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import curvature as cv
+from analysis.harness.peers import torch_eig_shim
 from analysis.harness.workloads import mlp_digits
+
+
+def pyhessian_density(w, loader) -> None:
+    """PyHessian 0.1's density (60 steps, 2 probes) on ``loader``."""
+    from pyhessian import hessian
+
+    ph = hessian(w.model, w.loss, dataloader=loader, cuda=False)
+    torch.manual_seed(0)
+    with torch_eig_shim():
+        ph.density(iter=60, n_v=2)
 
 
 def main() -> None:
@@ -57,6 +69,13 @@ def main() -> None:
                 task(op)
                 times[name].append(time.perf_counter() - t0)
                 modes[name] = op.data_mode
+        if task_name.startswith("density"):
+            times["PyHessian, DataLoader"] = []
+            modes["PyHessian, DataLoader"] = "its own loop"
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                pyhessian_density(w, DataLoader(TensorDataset(X, y), batch_size=512))
+                times["PyHessian, DataLoader"].append(time.perf_counter() - t0)
         ref = statistics.median(times["list of batches"])
         print(f"\n{task_name}")
         for name, ts in times.items():
@@ -65,6 +84,10 @@ def main() -> None:
         before = statistics.median(times["DataLoader, streamed (cache_data=False)"])
         after = statistics.median(times["DataLoader, kept (default)"])
         print(f"  DataLoader speed-up from keeping its first pass: {before / after:.2f}x")
+        if "PyHessian, DataLoader" in times:
+            ph = statistics.median(times["PyHessian, DataLoader"])
+            print(f"  against PyHessian (DataLoader): before {ph / before:.2f}x, "
+                  f"after {ph / after:.2f}x")
 
 
 if __name__ == "__main__":
