@@ -7,7 +7,9 @@ evaluation -- is one call of :meth:`DataLoop.accumulate`. This room owns
 
 * iterating the batches: a list of batches is checked and moved to the device once,
   any other iterable (a DataLoader) is streamed and moved batch by batch on every
-  pass (batch structure, sizes and moves: :mod:`curvature.batches`),
+  pass (batch structure, sizes and moves: :mod:`curvature.batches`) -- or, with
+  ``cache_data``, kept after its first pass when that is exact
+  (:mod:`curvature.kept_data`), and from then on iterated like a list,
 * batch-size weighting and the loss reduction: with ``reduction="mean"`` batch ``b``
   has weight ``n_b`` and the sum is divided by ``N = sum_b n_b`` (exactly what one
   big batch gives, for batches of any size); with ``"sum"`` every weight is 1 and
@@ -39,6 +41,7 @@ from curvature.batches import (
     to_device,
 )
 from curvature.errors import NonFiniteLossError
+from curvature.kept_data import DataKeeper
 
 __all__ = [
     "DataLoop", "NonFiniteLossError", "all_reduce_sum", "eval_mode", "is_distributed",
@@ -93,6 +96,11 @@ class DataLoop:
             not to have been modified since this loop was built (``None``: neither).
         first_batch: called as ``first_batch(batch, num_batches)`` on the first batch
             of a pass until it returns without raising (the loss-reduction check).
+        cache_data: for a streamed iterable: ``None`` keeps the (moved) first pass when
+            it fits ``max_data_bytes`` and the second pass shows that keeping it is
+            exact (:mod:`curvature.kept_data`), ``True`` keeps it unchecked (still
+            bounded), ``False`` (default here) streams every pass.
+        max_data_bytes: memory bound of the kept batches (bytes of their tensors).
     """
 
     def __init__(
@@ -104,7 +112,13 @@ class DataLoop:
         reduction: str = "mean",
         model: nn.Module | None = None,
         first_batch: Callable[[Any, int | None], None] | None = None,
+        cache_data: bool | None = False,
+        max_data_bytes: float = 2**30,
     ) -> None:
+        if cache_data not in (None, True, False):
+            raise ValueError(f"cache_data must be None, True or False, got {cache_data!r}")
+        if not max_data_bytes >= 0:
+            raise ValueError(f"max_data_bytes must be >= 0, got {max_data_bytes!r}")
         self.reduction = check_reduction_name(reduction)
         self.device = None if device is None else torch.device(device)
         self.dtype = dtype
@@ -113,8 +127,11 @@ class DataLoop:
         batches = as_batches(data)
         self.streamed = not isinstance(batches, (list, tuple))
         """Whether the batches are re-read (and moved) on every pass."""
+        self._keeper: DataKeeper | None = None
         if self.streamed:
             self.batches: Iterable = batches
+            if cache_data is not False:
+                self._keeper = DataKeeper(batches, bool(cache_data), max_data_bytes)
         else:
             for i, b in enumerate(batches):
                 check_pair(b, i)
@@ -125,6 +142,50 @@ class DataLoop:
 
     def _move(self, batch: Any) -> Any:
         return batch if self.device is None else to_device(batch, self.device, self.dtype)
+
+    @property
+    def data_mode(self) -> str:
+        """How the batches are iterated: ``"list"`` (given as a list, moved once),
+        ``"streamed"`` (re-read every pass), ``"kept"`` / ``"kept (reason)"`` (a
+        re-iterable kept after its first pass) or ``"streamed (reason)"``."""
+        if self._keeper is not None:
+            return self._keeper.mode
+        return "streamed" if self.streamed else "list"
+
+    @property
+    def cache_key(self) -> tuple[int, int] | None:
+        """Per-batch results of a pass (gradient graphs at fixed parameters) may be
+        kept under their batch index and reused by later passes while this key stays
+        the same; ``None``: not reusable (streamed batches may change). A re-iterable
+        being kept gets its key on its recorded first pass, so that pass's graphs serve
+        the kept batches; a key change (a new recording, a decision to stream)
+        invalidates what was kept under the old one."""
+        keeper = self._keeper
+        if not self.streamed:
+            return (0, 0) if keeper is None else (1, keeper.generation)
+        if keeper is None or keeper.decided or keeper.generation == 0:
+            return None
+        return (1, keeper.generation)
+
+    def _stream(self) -> Iterator[Any]:
+        for i, batch in enumerate(self.batches):
+            check_pair(batch, i)
+            yield self._move(batch)
+
+    def _source(self) -> Iterable:
+        """The batches of one pass (checked and moved); switches to the kept first
+        pass when the keeper decides so, before the pass begins."""
+        keeper = self._keeper
+        if not self.streamed:
+            return self.batches
+        if keeper is None or (keeper.decided and keeper.kept is None):
+            return self._stream()
+        if keeper.kept is None:
+            return keeper.record(self._stream())
+        source = keeper.decide(self._stream())
+        if isinstance(source, list):
+            self.batches, self.streamed = source, False
+        return source
 
     @property
     def num_batches(self) -> int | None:
@@ -152,16 +213,11 @@ class DataLoop:
 
     def iterate(self, progress: bool = False, desc: str = "") -> Iterator[tuple[int, Any]]:
         """``(index, batch)`` over the data, each batch checked and on the device."""
+        batches = self._source()
         total = self.num_batches
-        batches = self.batches
         if progress and total != 1:
-            # tqdm.auto's bar calls iter() on its iterable when built: only with a bar, so
-            # that a streamed DataLoader starts one iterator (and its workers) per pass
             batches = tqdm(batches, total=total, desc=desc, leave=False)
         for i, batch in enumerate(batches):
-            if self.streamed:
-                check_pair(batch, i)
-                batch = self._move(batch)
             if self._first_batch is not None:
                 self._first_batch(batch, total)
                 self._first_batch = None

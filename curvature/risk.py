@@ -84,6 +84,8 @@ class EmpiricalRisk:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         reduction: str = "mean",
+        cache_data: bool | None = None,
+        max_data_bytes: float = 2**30,
     ) -> None:
         check_reduction_name(reduction)
         if not isinstance(model, nn.Module):
@@ -126,6 +128,7 @@ class EmpiricalRisk:
         self.data = DataLoop(
             data, device=self.device, dtype=self.dtype, reduction=reduction,
             model=self.model, first_batch=self._check_reduction,
+            cache_data=cache_data, max_data_bytes=max_data_bytes,
         )
         self._grad0: Tensor | None = None
         self._loss0: Tensor | None = None

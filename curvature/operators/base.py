@@ -139,10 +139,12 @@ class ModelOperator(CurvatureOperator):
         chunk_size: int | None = None,
         max_chunk_bytes: float = 2**29,
         reduction: str = "mean",
+        cache_data: bool | None = None,
+        max_data_bytes: float = 2**30,
     ) -> None:
         self.risk = EmpiricalRisk(
             model, loss_fn, data, params=params, device=device, dtype=dtype,
-            reduction=reduction,
+            reduction=reduction, cache_data=cache_data, max_data_bytes=max_data_bytes,
         )
         self.progress = progress
         self.chunk_size = chunk_size
@@ -160,6 +162,13 @@ class ModelOperator(CurvatureOperator):
     def params(self) -> Tensor:
         """The flat parameter vector ``w: Tensor[n]`` at which the operator is taken."""
         return self.risk.w0
+
+    @property
+    def data_mode(self) -> str:
+        """How the data are iterated: ``"list"``, ``"streamed"``, ``"kept"``,
+        ``"kept (reason)"`` or ``"streamed (reason)"``
+        (:attr:`curvature.data_loop.DataLoop.data_mode`, :mod:`curvature.kept_data`)."""
+        return self.risk.data.data_mode
 
     @property
     def reduction(self) -> str:

@@ -94,10 +94,25 @@ class HessianOperator(ModelOperator):
         of 2.5-3. ``None`` (default) keeps them when the tensors saved by the first
         batch's graph, times the number of batches, fit in ``max_cache_bytes``;
         ``True`` always, ``False`` never (one batch graph in memory at a time).
-        Streamed data (DataLoaders, whose batches may change) is never cached.
+        Streamed data (DataLoaders, whose batches may change) is never cached; a
+        DataLoader kept after its first pass (``cache_data``) is, from then on.
     max_cache_bytes : float
         Memory bound for ``cache_graphs=None`` (default 1 GiB), estimated from the
         bytes of the tensors autograd saves for the first batch.
+    cache_data : bool or None
+        For data given as a re-iterable (a DataLoader), which is otherwise re-read,
+        re-collated and moved on every product. ``None`` (default): the first pass
+        keeps the moved batches if they fit ``max_data_bytes``; the second pass
+        compares a fresh first batch with the kept one and uses the kept batches from
+        then on (like a list: moved once, graphs cached) if it is equal, or if the
+        loader only reshuffles the same examples (``shuffle=True``: exact, the dataset
+        loss does not depend on how examples are grouped); random augmentation or any
+        other change streams with a warning. ``True`` keeps the first pass unchecked,
+        ``False`` always streams. :attr:`data_mode` says what was done
+        (:mod:`curvature.kept_data`).
+    max_data_bytes : float
+        Memory bound of the kept batches for ``cache_data`` (default 1 GiB, bytes of
+        their tensors on ``device``).
     """
 
     def __init__(
@@ -117,6 +132,8 @@ class HessianOperator(ModelOperator):
         cache_graphs: bool | None = None,
         max_cache_bytes: float = 2**30,
         reduction: str = "mean",
+        cache_data: bool | None = None,
+        max_data_bytes: float = 2**30,
     ) -> None:
         if method not in ("exact", "fd", "fd-central"):
             raise ValueError(f"method must be 'exact', 'fd' or 'fd-central', got {method!r}")
@@ -125,7 +142,7 @@ class HessianOperator(ModelOperator):
         super().__init__(
             model, loss_fn, data, params=params, device=device, dtype=dtype,
             progress=progress, chunk_size=chunk_size, max_chunk_bytes=max_chunk_bytes,
-            reduction=reduction,
+            reduction=reduction, cache_data=cache_data, max_data_bytes=max_data_bytes,
         )
         self.method = method
         self.eps = eps

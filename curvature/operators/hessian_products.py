@@ -150,6 +150,7 @@ class ExactProducts:
         self.column_bytes: int | None = None
         self._graphs: dict[int, tuple[Tensor, Tensor]] = {}
         self._cache_ok: bool | None = None
+        self._graphs_key: tuple[int, int] | None = None  # DataLoop.cache_key of _graphs
         self._graph_checked = False
 
     @property
@@ -178,10 +179,11 @@ class ExactProducts:
 
         ``cache_graphs=None`` keeps the batch graphs when the bytes saved by the first
         one, times the number of batches, fit in ``max_cache_bytes``; streamed data is
-        never cached. ``chunk_size=None`` sizes the column chunks so that the vectorised
-        intermediates stay under ``max_chunk_bytes`` (:meth:`chunk_for`). Blocks of at
-        least :data:`FUNC_MIN_COLUMNS` columns may use forward-over-reverse: once the
-        column path of the second backward is settled, the next such product runs its
+        never cached (a re-iterable being kept is, from its recorded first pass on:
+        :attr:`DataLoop.cache_key`). ``chunk_size=None`` sizes the column chunks so
+        that the vectorised intermediates stay under ``max_chunk_bytes``
+        (:meth:`chunk_for`). Blocks of at least :data:`FUNC_MIN_COLUMNS` columns may
+        use forward-over-reverse: once the column path of the second backward is settled, the next such product runs its
         first batch both ways and keeps jvp-of-grad only if it agrees and is faster.
         """
         k = V.shape[1]
@@ -201,13 +203,18 @@ class ExactProducts:
             if self.paths.func and vectorised(chunk):
                 return self.hvp_forward_over_reverse(V, batch, chunk)
             t0 = time.perf_counter()
+            key = data.cache_key
+            if key != self._graphs_key:  # other batches than the kept graphs were built on
+                self._graphs.clear()
+                self._graphs_key = key
             if i in self._graphs:
                 g, loss = self._graphs[i]
             else:
                 g, loss = self.gradient_graph(batch, measure=self.column_bytes is None)
-                if cache_graphs is None and self._cache_ok is None and not data.streamed:
-                    self._cache_ok = self.column_bytes * data.num_batches <= max_cache_bytes
-                if not data.streamed and (cache_graphs or (cache_graphs is None and self._cache_ok)):
+                n = data.num_batches
+                if cache_graphs is None and self._cache_ok is None and key is not None and n:
+                    self._cache_ok = self.column_bytes * n <= max_cache_bytes
+                if key is not None and (cache_graphs or (cache_graphs is None and self._cache_ok)):
                     self._graphs[i] = (g, loss)
             chunk = self.chunk_for(k, chunk_size, max_chunk_bytes)
             # decide the jvp path only once the column path is settled, so the
