@@ -1,0 +1,54 @@
+"""The per-block figure of :func:`curvature.block_spectra` (``curvature analyze --per-layer``):
+each block's extreme eigenvalues and trace along the depth of the network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from curvature.plots.base import apply_scale, save_figure, style
+
+__all__ = ["per_block_figure"]
+
+
+def per_block_figure(spectra: Any, path: str | Path, title: str = "Per-block Hessian spectra") -> Path:
+    """Write a two-panel PNG for a :class:`curvature.BlockSpectra` and return its path.
+
+    Top: ``lambda_max`` (filled) and ``lambda_min`` (open) of each diagonal block
+    ``H_bb``, blocks in model order (input to output); a block whose end did not converge
+    is drawn in grey. Bottom: ``tr(H_bb)`` with a +-2 standard error bar (Hutchinson).
+    Value axes switch to symmetric-log when the values span more than two decades.
+    """
+    df = spectra.to_dataframe()
+    x = np.arange(len(df))
+    with style():
+        fig, (top, bottom) = plt.subplots(2, 1, sharex=True,
+                                          figsize=(max(5.0, 0.45 * len(df) + 2.5), 5.6))
+        for col, face in (("lambda_max", "C0"), ("lambda_min", "none")):
+            ok = df[f"{col}_converged"].to_numpy(bool)
+            label = col.replace("lambda_", "λ_")
+            top.scatter(x[ok], df[col][ok], facecolors=face, edgecolors="C0", label=label, zorder=3)
+            if (~ok).any():
+                top.scatter(x[~ok], df[col][~ok], facecolors=face if face == "none" else "0.6",
+                            edgecolors="0.6", label=f"{label} (not converged)", zorder=3)
+        top.plot(x, df["lambda_max"], color="C0", lw=0.8, alpha=0.6)
+        apply_scale(top, "y", np.concatenate([df["lambda_max"], df["lambda_min"]]))
+        top.axhline(0.0, color="0.5", lw=0.6)
+        top.set_ylabel("eigenvalue of H_bb")
+        top.set_title(title)
+        top.legend(loc="best", fontsize="small")
+        err = 2 * np.nan_to_num(df["trace_stderr"].to_numpy(float))
+        bottom.errorbar(x, df["trace"], yerr=err, fmt="o-", color="C1", ms=4, lw=0.8,
+                        capsize=2, label="trace ± 2 s.e. (Hutchinson)")
+        apply_scale(bottom, "y", df["trace"].to_numpy(float))
+        bottom.axhline(0.0, color="0.5", lw=0.6)
+        bottom.set_ylabel("tr(H_bb)")
+        bottom.set_xlabel("block (model order)")
+        bottom.set_xticks(x)
+        bottom.set_xticklabels(df["block"], rotation=60, ha="right", fontsize="small")
+        bottom.legend(loc="best", fontsize="small")
+        fig.tight_layout()
+    return save_figure(fig, path)
