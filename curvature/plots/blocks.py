@@ -50,5 +50,4 @@ def per_block_figure(spectra: Any, path: str | Path, title: str = "Per-block Hes
         bottom.set_xticks(x)
         bottom.set_xticklabels(df["block"], rotation=60, ha="right", fontsize="small")
         bottom.legend(loc="best", fontsize="small")
-        fig.tight_layout()
     return save_figure(fig, path)
