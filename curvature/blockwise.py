@@ -94,9 +94,13 @@ def block_spectra(
     seed : int, optional
         Seeds the start vectors and probes.
     max_columns : int, optional
-        Most columns in one product (default: as many as fit 256 MiB of probes and
-        products, and never fewer than the Lanczos runs active in a step, which always
-        go together). Trace probes fill the columns the Lanczos runs leave free.
+        Most columns in one product. Default: every active Lanczos run of a step in one
+        product (one pass per step; memory ``2 x blocks x n`` numbers for the columns and
+        their products), plus trace probes in the columns left free under the 256 MiB
+        of :func:`~curvature.algorithms.probes.default_block_size`. Given, it bounds
+        every product, and a step with more active runs takes
+        ``ceil(active / max_columns)`` products (passes) instead of one. Each block's
+        Lanczos basis holds ``n_b x steps`` numbers (``max_steps`` caps it).
 
     Returns
     -------
@@ -150,26 +154,31 @@ def block_spectra(
         [min(density_steps, d) for d in dims for _ in range(P)], k, tol, stop_early=False,
     )
     cap = max_columns if max_columns is not None else default_block_size(op)
+    split = max_columns is not None  # an explicit bound also splits the Lanczos columns
     left = [trace_matvecs] * len(parts)
     samples: list[list[float]] = [[] for _ in parts]
-    passes, columns = 0, 0
+    passes, columns, turn = 0, 0, 0
     while not extremes.done or not slq.done or any(left):
         cols: list[tuple[str, int, int, Tensor]] = []  # (kind, run, block, vector)
         cols += [("eig", i, i, v) for i, v in extremes.vectors()]
         cols += [("slq", i, i // P, v) for i, v in slq.vectors()]
         room = max(cap - len(cols), 0 if cols else 1)
         while room > 0 and any(left):  # round robin: blocks' probes share passes evenly
-            for b in range(len(parts)):
-                if left[b] and room > 0:
-                    cols.append(("trace", b, b, draw(rademacher, dims[b])))
-                    left[b] -= 1
-                    room -= 1
-        V = torch.zeros(op.shape[0], len(cols), **vec)
-        for c, (_, _, b, v) in enumerate(cols):
-            V[bounds[b][0]:bounds[b][1], c] = v
-        HV = op.matmat(V)
-        check_finite(HV, "block_spectra", passes)
-        passes += 1
+            b, turn = turn % len(parts), turn + 1
+            if left[b]:
+                cols.append(("trace", b, b, draw(rademacher, dims[b])))
+                left[b] -= 1
+                room -= 1
+        width = cap if split else len(cols)
+        HV = []
+        for first in range(0, len(cols), width):
+            V = torch.zeros(op.shape[0], min(width, len(cols) - first), **vec)
+            for c, (_, _, b, v) in enumerate(cols[first:first + width]):
+                V[bounds[b][0]:bounds[b][1], c] = v
+            HV.append(op.matmat(V))
+            check_finite(HV[-1], "block_spectra", passes)
+            passes += 1
+        HV = torch.cat(HV, dim=1)
         columns += len(cols)
         eig_out, slq_out = {}, {}
         for c, (kind, i, b, v) in enumerate(cols):

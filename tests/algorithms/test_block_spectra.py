@@ -208,3 +208,14 @@ def test_bad_input():
     with pytest.raises(ValueError, match="tol"):
         cv.block_spectra(model, loss, data, tol=2.0)
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_max_columns_bounds_each_product():
+    model, loss, data = _mlp()
+    full = cv.block_spectra(model, loss, data, blocks="parameter", tol=1e-10, trace_matvecs=4, seed=0)
+    r = cv.block_spectra(model, loss, data, blocks="parameter", tol=1e-10, trace_matvecs=4, seed=0,
+                         max_columns=2)
+    assert r.num_matvecs == full.num_matvecs and r.num_passes > full.num_passes
+    for a, b in zip(r, full):  # same start vectors and probes: same results
+        assert a.lambda_max == pytest.approx(b.lambda_max, rel=1e-12)
+        assert a.trace == pytest.approx(b.trace, rel=1e-12)
