@@ -95,6 +95,10 @@ class BlockSpectra:
     tol : float
     message : str
         Which blocks did not converge, if any.
+    product_error : float
+        The operator's ``product_error`` (0.0 for exact products): with
+        ``method="fd"``/``"fd-central"`` it is added to every residual, and an end
+        counts as converged only if that bound meets its threshold.
     """
 
     blocks: tuple[BlockSpectrum, ...]
@@ -103,6 +107,7 @@ class BlockSpectra:
     converged: bool
     tol: float
     message: str = ""
+    product_error: float = 0.0
 
     @property
     def names(self) -> list[str]:

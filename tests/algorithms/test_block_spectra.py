@@ -219,3 +219,16 @@ def test_max_columns_bounds_each_product():
     for a, b in zip(r, full):  # same start vectors and probes: same results
         assert a.lambda_max == pytest.approx(b.lambda_max, rel=1e-12)
         assert a.trace == pytest.approx(b.trace, rel=1e-12)
+
+
+def test_finite_difference_products_bound_the_residuals():
+    model, loss, data = _mlp()
+    ok = cv.block_spectra(model, loss, data, blocks="parameter", method="fd-central", seed=0)
+    dense = _dense_blocks(model, loss, data, ok)
+    assert ok.product_error > 0 and ok.converged
+    for b, Hb in zip(ok, dense):
+        assert b.top_residuals[0] >= ok.product_error
+        assert abs(b.lambda_max - np.linalg.eigvalsh(Hb)[-1]) <= b.top_residuals[0]
+    strict = cv.block_spectra(model, loss, data, blocks="parameter", method="fd-central",
+                              seed=0, tol=1e-12)
+    assert not strict.converged and "finite-difference" in strict.message
