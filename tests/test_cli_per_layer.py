@@ -30,14 +30,17 @@ def test_analyze_per_layer_writes_table_and_figure(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "curvature.cli", "analyze", str(ckpt), "--out", str(out), "-q",
-         "--metrics", "trace", "--trace-matvecs", "8", "--no-test", "--per-layer",
+         "--metrics", "trace,density", "--trace-matvecs", "8",
+         "--density-probes", "2", "--density-steps", "12", "--no-test", "--per-layer",
          "--tol", "1e-8"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     df = pd.read_csv(out / "per_layer.csv", dtype={"block": str})
     assert (out / "per_layer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "per_layer.png" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "per_layer.png" in report and "per_layer_density.png" in report
+    assert (out / "per_layer_density.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "summary.json").read_text())["config"]["per_layer"] is True
     ds = load_dataset(DATA)
     parts = [b for b in cv.partition.partition(model, "module")]

@@ -178,6 +178,8 @@ def analyze(
                 work, loss_fn, data, blocks="module", tol=config.tol,
                 max_steps=config.max_matvecs or 300, trace_matvecs=config.trace_matvecs,
                 seed=config.seed, dtype=dtype, device=device, method=config.hvp_method,
+                density="density" in want, density_steps=config.density_steps,
+                density_probes=config.density_probes,
             )
         if not per_layer.converged:
             log(f"train: per-layer: {per_layer.message}")

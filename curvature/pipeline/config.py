@@ -51,7 +51,8 @@ class AnalysisConfig:
         per_layer: also the per-block spectra of the training split, one block per
             module owning parameters (:func:`curvature.block_spectra`: lambda_max,
             lambda_min and a Hutchinson trace of ``trace_matvecs`` probes per block;
-            ``tol``; ``max_matvecs`` caps each block's Lanczos steps, default 300).
+            ``tol``; ``max_matvecs`` caps each block's Lanczos steps, default 300; with
+            ``"density"`` in ``metrics`` also an SLQ density per block).
     """
 
     metrics: tuple[str, ...] = METRICS

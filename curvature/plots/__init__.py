@@ -27,7 +27,7 @@ if "matplotlib.pyplot" not in sys.modules:
     matplotlib.use("Agg")
 
 from curvature.plots.base import STYLE, save_figure, style, value_scale  # noqa: E402
-from curvature.plots.blocks import per_block_figure  # noqa: E402
+from curvature.plots.blocks import per_block_density_figure, per_block_figure  # noqa: E402
 from curvature.plots.charts import (  # noqa: E402  (after the backend is chosen)
     density_grid,
     plot_density,
@@ -47,6 +47,7 @@ __all__ = [
     "comparison_figures",
     "density_grid",
     "monitor_figure",
+    "per_block_density_figure",
     "per_block_figure",
     "plot_density",
     "plot_eigenvalues",

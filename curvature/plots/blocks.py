@@ -10,8 +10,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from curvature.plots.base import apply_scale, save_figure, style
+from curvature.plots.charts import plot_spectral_density
 
-__all__ = ["per_block_figure"]
+__all__ = ["per_block_density_figure", "per_block_figure"]
 
 
 def per_block_figure(spectra: Any, path: str | Path, title: str = "Per-block Hessian spectra") -> Path:
@@ -50,4 +51,25 @@ def per_block_figure(spectra: Any, path: str | Path, title: str = "Per-block Hes
         bottom.set_xticks(x)
         bottom.set_xticklabels(df["block"], rotation=60, ha="right", fontsize="small")
         bottom.legend(loc="best", fontsize="small")
+    return save_figure(fig, path)
+
+
+def per_block_density_figure(spectra: Any, path: str | Path, columns: int = 4) -> Path:
+    """Write the blocks' SLQ densities side by side (one panel per block, model order,
+    log density axis, ``lambda_min``/``lambda_max`` of the quadrature marked; the layout
+    of Zhang et al. 2024, "Why Transformers Need Adam") and return the PNG's path.
+    Needs ``block_spectra(..., density=True)``."""
+    blocks = [b for b in spectra if b.density is not None]
+    if not blocks:
+        raise ValueError("no block has a density: run block_spectra(..., density=True)")
+    cols = min(columns, len(blocks))
+    rows = -(-len(blocks) // cols)
+    with style():
+        fig, axes = plt.subplots(rows, cols, figsize=(2.9 * cols, 2.3 * rows), squeeze=False)
+        for ax, b in zip(axes.flat, blocks):
+            plot_spectral_density(b.density, ax=ax)
+            ax.set_title(f"{b.name} (n = {b.num_params})", fontsize="small")
+            ax.set_xlabel("eigenvalue of H_bb", fontsize="small")
+        for ax in list(axes.flat)[len(blocks):]:
+            ax.set_visible(False)
     return save_figure(fig, path)
