@@ -8,6 +8,8 @@ curvature estimates live in :mod:`curvature.optim`.
 """
 
 from curvature import optim  # noqa: E402  (subpackage: cv.optim.SAM, ...)
+from curvature.block_results import BlockSpectra, BlockSpectrum
+from curvature.blockwise import block_spectra
 from curvature.checkpoint import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -46,6 +48,9 @@ from curvature.results import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockSpectra",
+    "BlockSpectrum",
+    "block_spectra",
     "CheckpointError",
     "CheckpointNotFoundError",
     "Dataset",

@@ -86,6 +86,10 @@ def register(sub: Any) -> None:
                    help="Hessian products: exact double backward, or finite differences of "
                         "gradients for models without second derivatives (e.g. fused attention)")
     g.add_argument("--no-test", action="store_true", help="analyse the training split only")
+    g.add_argument("--per-layer", action="store_true",
+                   help="also the per-layer spectra of the training split (one block per "
+                        "module with parameters: lambda_max, lambda_min, trace per block, all "
+                        "blocks in one product per step): per_layer.csv and per_layer.png")
     add_common(an)
     an.set_defaults(run=run)
 
@@ -96,7 +100,7 @@ def _config(args: argparse.Namespace):
     return AnalysisConfig(
         **{_field(option): getattr(args, _field(option)) for option, _, _ in _CONFIG_OPTIONS},
         seed=args.seed, dtype=args.dtype, device=args.device, progress=not args.quiet,
-        hvp_method=args.hvp_method,
+        hvp_method=args.hvp_method, per_layer=args.per_layer,
     )
 
 

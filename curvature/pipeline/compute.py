@@ -168,12 +168,27 @@ def analyze(
         splits[split] = res
         if "eigenvalues" not in want:
             res.top = res.bottom = None
+    per_layer = None
+    if config.per_layer:
+        from curvature.blockwise import block_spectra
+
+        log("train: per-layer spectra (one block per module)")
+        with _timed(timings, "per_layer"):
+            per_layer = block_spectra(
+                work, loss_fn, data, blocks="module", tol=config.tol,
+                max_steps=config.max_matvecs or 300, trace_matvecs=config.trace_matvecs,
+                seed=config.seed, dtype=dtype, device=device, method=config.hvp_method,
+                density="density" in want, density_steps=config.density_steps,
+                density_probes=config.density_probes,
+            )
+        if not per_layer.converged:
+            log(f"train: per-layer: {per_layer.message}")
     timings["total"] = time.perf_counter() - t_all
     info = dict(info or {})
     info.setdefault("dtype", str(dtype).replace("torch.", ""))
     info.setdefault("device", str(device))
     return Analysis(splits=splits, num_params=num_params, config=config, info=info,
-                    timings=timings)
+                    timings=timings, per_layer=per_layer)
 
 
 def _count(batches: Any, device) -> int:

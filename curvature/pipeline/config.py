@@ -48,6 +48,11 @@ class AnalysisConfig:
         hvp_method: how Hessian products are computed: ``"exact"`` (double backward),
             ``"fd"`` or ``"fd-central"`` (finite differences of gradients, for models
             whose kernels have no second derivative; see :class:`HessianOperator`).
+        per_layer: also the per-block spectra of the training split, one block per
+            module owning parameters (:func:`curvature.block_spectra`: lambda_max,
+            lambda_min and a Hutchinson trace of ``trace_matvecs`` probes per block;
+            ``tol``; ``max_matvecs`` caps each block's Lanczos steps, default 300; with
+            ``"density"`` in ``metrics`` also an SLQ density per block).
     """
 
     metrics: tuple[str, ...] = METRICS
@@ -66,6 +71,7 @@ class AnalysisConfig:
     device: str | None = None
     progress: bool = False
     hvp_method: str = "exact"
+    per_layer: bool = False
 
     def __post_init__(self) -> None:
         bad = [m for m in self.metrics if m not in METRICS]

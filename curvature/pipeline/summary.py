@@ -105,6 +105,8 @@ class Analysis:
         info: provenance recorded in the summary (checkpoint, factory, data spec,
             training metadata...).
         timings: total seconds per phase.
+        per_layer: the training split's :class:`curvature.BlockSpectra` (one block per
+            module) when ``config.per_layer``, else ``None``.
     """
 
     splits: dict[str, SplitAnalysis]
@@ -112,6 +114,7 @@ class Analysis:
     config: AnalysisConfig
     info: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    per_layer: Any = None
 
     def summary(self) -> dict[str, Any]:
         """``summary.json``: training-split headline numbers at the top level, every

@@ -55,6 +55,23 @@ def _write_into(folder: Path, analysis: Analysis, summary, tables, title, figure
         from curvature.plots import analysis_figures
 
         made = analysis_figures(analysis, folder)
+    if analysis.per_layer is not None:
+        analysis.per_layer.to_dataframe().to_csv(folder / "per_layer.csv", index=False)
+        if figures:
+            from curvature.plots import per_block_figure
+
+            per_block_figure(analysis.per_layer, folder / "per_layer.png")
+            made.append(("per_layer.png", "Per-module blocks of the Hessian (training split) "
+                         "in model order: the largest (filled) and smallest (open) eigenvalue "
+                         "of each diagonal block and its trace with a +-2 standard-error bar; "
+                         "table in per_layer.csv."))
+            if any(b.density is not None for b in analysis.per_layer):
+                from curvature.plots import per_block_density_figure
+
+                per_block_density_figure(analysis.per_layer, folder / "per_layer_density.png")
+                made.append(("per_layer_density.png", "Spectral density (SLQ, log scale) of "
+                             "each per-module diagonal block of the Hessian, side by side in "
+                             "model order."))
     (folder / "report.md").write_text(_report(analysis, summary, made, tables, title))
 
 

@@ -6,6 +6,7 @@
   extreme eigenvalues, trajectories, heatmaps, 1-D and 2-D loss landscapes;
 * :mod:`~curvature.plots.reports` -- the composed figures of ``curvature analyze`` and
   ``curvature compare``;
+* :mod:`~curvature.plots.blocks` -- the per-block figure of ``curvature analyze --per-layer``;
 * :mod:`~curvature.plots.training` -- the curvature monitor's figure and the training
   figure of ``curvature demo``.
 
@@ -26,6 +27,7 @@ if "matplotlib.pyplot" not in sys.modules:
     matplotlib.use("Agg")
 
 from curvature.plots.base import STYLE, save_figure, style, value_scale  # noqa: E402
+from curvature.plots.blocks import per_block_density_figure, per_block_figure  # noqa: E402
 from curvature.plots.charts import (  # noqa: E402  (after the backend is chosen)
     density_grid,
     plot_density,
@@ -45,6 +47,8 @@ __all__ = [
     "comparison_figures",
     "density_grid",
     "monitor_figure",
+    "per_block_density_figure",
+    "per_block_figure",
     "plot_density",
     "plot_eigenvalues",
     "plot_heatmap",
