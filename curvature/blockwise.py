@@ -82,7 +82,10 @@ def block_spectra(
         children, parameter tensors, or ``{name: [parameters or names]}`` (parameters in
         no group are left out; tied parameters belong to their first owner).
     k : int
-        Eigenvalues wanted at each end of every block (``top``/``bottom``).
+        Eigenvalues at each end of every block; only ``k=1`` (lambda_max and lambda_min):
+        the blocks' single-vector Lanczos runs would find one copy of a repeated
+        eigenvalue, so larger ``k`` is refused (use :func:`curvature.eigenvalues` on a
+        ``HessianOperator(..., params=block)``, whose block Lanczos returns every copy).
     tol : float
         Relative residual tolerance of the Lanczos runs, in ``(0, 1)``.
     max_steps : int
@@ -116,6 +119,15 @@ def block_spectra(
         NonFiniteProductError: a product holds NaN/inf.
     """
     k = checks.positive_int(k, "k")
+    if k != 1:
+        # single-vector Lanczos finds one copy of a repeated eigenvalue: a top-k of a block
+        # could miss copies and still pass every residual test (see curvature.algorithms.lanczos)
+        raise ValueError(
+            f"block_spectra gives the extreme eigenvalue at each end of every block (k=1), "
+            f"got k={k}; for the k largest of one block, with every copy of a repeated "
+            "eigenvalue, use cv.eigenvalues(cv.HessianOperator(model, loss_fn, data, "
+            "params=<the block's parameters>), k=k)"
+        )
     tol = checks.tolerance(tol)
     max_steps = checks.positive_int(max_steps, "max_steps")
     trace_matvecs = checks.integer(trace_matvecs, "trace_matvecs")
