@@ -20,6 +20,9 @@ spec                            data
 ``"synthetic-image"``           ``N(0, 1)`` images ``[channels, size, size]`` (default
                                 CIFAR's ``3 x 32 x 32``), labels ``argmax`` of a random
                                 linear teacher -- for timing at realistic input shapes
+``"mnist1d"``                   MNIST-1D (Greydanus & Kobak, ICML 2024): 1-D signals
+                                ``[N, 40]``, 10 classes, generated offline by the
+                                ``mnist1d`` package (default 4000 train / 1000 test)
 ``"path/to/file.npz"``          arrays ``x`` and ``y`` (optionally ``x_test``, ``y_test``;
                                 else a seeded ``test_fraction`` split); loaded with
                                 ``allow_pickle=False``
@@ -203,6 +206,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     "synthetic-image": {
         **_COMMON, "n_train": 256, "n_test": 128, "channels": 3, "size": 32, "classes": 10,
     },
+    "mnist1d": {**_COMMON, "n_train": 4000, "n_test": 1000},
     "npz": {**_COMMON, "path": None, "test_fraction": 0.2, "task": None},
     "cifar10": {**_COMMON, "root": None, "normalize": True},
 }
@@ -293,7 +297,7 @@ def parse_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"dataset option {key} must be a non-negative number, got {v!r}")
     if not isinstance(out.get("normalize", True), bool):
         raise ValueError(f"dataset option normalize must be true or false, got {out['normalize']!r}")
-    sizes_required = name.startswith("synthetic")
+    sizes_required = name.startswith("synthetic") or name == "mnist1d"
     for key in ("n_train", "n_test", "d", "classes", "outputs", "hidden", "channels", "size"):
         if key in out and (out[key] is not None or sizes_required):
             v = out[key]

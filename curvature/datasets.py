@@ -3,7 +3,8 @@
 Every builder takes the canonical options of a spec (:func:`curvature.data.parse_spec`)
 and a seeded numpy generator and returns :data:`Arrays`: ``(task, x_train, y_train,
 x_test, y_test, num_classes)``. :data:`LOADERS` maps the dataset names to them:
-scikit-learn's embedded digits, three synthetic generators, ``.npz`` files
+scikit-learn's embedded digits, three synthetic generators, MNIST-1D (generated
+offline by the ``mnist1d`` package), ``.npz`` files
 (``allow_pickle=False``) and CIFAR-10's python batches, read with an unpickler that
 builds numpy arrays and nothing else. Nothing is ever downloaded.
 """
@@ -300,6 +301,37 @@ def _cifar10(opts: dict[str, Any], rng: np.random.Generator) -> Arrays:
 
     return "classification", prep(x_tr), y_tr, prep(x_te), y_te, 10
 
+def _mnist1d(opts: dict[str, Any], rng: np.random.Generator) -> Arrays:
+    """MNIST-1D (Greydanus & Kobak, ICML 2024) from the ``mnist1d`` package's offline
+    generator ``make_dataset`` with its default transformations, seeded by ``seed``.
+
+    ``make_dataset`` draws ``num_samples // 10`` signals per class, shuffles them, and
+    standardises all of them with one global mean and std (the reference's recipe);
+    the first ``n_train`` are the training set, the next ``n_test`` the test set, so the
+    defaults 4000 / 1000 are exactly the reference's 80/20 split of 5000. Inputs are
+    ``float32 [N, 40]``. It seeds numpy's and Python's global generators, whose states
+    are restored afterwards. About 0.5 ms per example on one CPU core (2.3 s for 5000).
+    """
+    import random
+
+    from mnist1d.data import get_dataset_args, make_dataset  # offline; never get_dataset
+
+    n_train, n_test = opts["n_train"], opts["n_test"]
+    args = get_dataset_args()
+    args.num_samples = 10 * math.ceil((n_train + n_test) / 10)  # whole signals per class
+    args.train_split = 1.0  # split below, by count
+    args.seed = int(opts["seed"])
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    x = np.asarray(data["x"], dtype=np.float32)
+    y = np.asarray(data["y"], dtype=np.int64)
+    end = n_train + n_test
+    return "classification", x[:n_train], y[:n_train], x[n_train:end], y[n_train:end], 10
+
 
 LOADERS: dict[str, Callable[[dict[str, Any], np.random.Generator], Arrays]] = {
     "digits": _digits,
@@ -307,6 +339,7 @@ LOADERS: dict[str, Callable[[dict[str, Any], np.random.Generator], Arrays]] = {
     "synthetic-classification": _synthetic_classification,
     "synthetic-regression": _synthetic_regression,
     "synthetic-image": _synthetic_image,
+    "mnist1d": _mnist1d,
     "npz": _npz,
     "cifar10": _cifar10,
 }

@@ -38,6 +38,9 @@ ZOO = [
     ("vit", {"dim": 16, "heads": 2, "depth": 1}, (3, 32, 32)),
     ("vit", {"image_size": 8, "patch_size": 2, "in_channels": 1, "pool": "mean", "dim": 8,
              "heads": 2}, (1, 8, 8)),
+    ("cnn1d", {}, (40,)),
+    ("cnn1d", {"in_channels": 2, "input_length": 17, "channels": [4, 6], "kernel_size": 3,
+               "hidden": [8], "dropout": 0.1, "activation": "tanh"}, (2, 17)),
     ("transformer", {}, (8, 8)),
     ("transformer", {"pool": "cls", "depth": 2}, (1, 8, 8)),
 ]
@@ -66,7 +69,8 @@ def test_zoo_forward_shapes_and_seeding(name, kwargs, shape):
 
 def test_default_kwargs_fit_every_model_to_digits_and_cifar_shapes():
     for name in MODELS:
-        for shape in [(1, 8, 8), (3, 32, 32)] if name != "mlp" else [(64,), (3, 32, 32)]:
+        shapes = {"mlp": [(64,), (3, 32, 32)], "cnn1d": [(40,), (3, 40)]}
+        for shape in shapes.get(name, [(1, 8, 8), (3, 32, 32)]):
             if name == "transformer" and shape == (3, 32, 32):
                 continue  # read as one token of 3072 features: valid but pointless here
             kw = default_kwargs(name, shape, 7)
@@ -76,6 +80,8 @@ def test_default_kwargs_fit_every_model_to_digits_and_cifar_shapes():
             assert model(torch.randn(2, *shape)).shape == (2, 7), (name, shape)
     with pytest.raises(ValueError, match="square images"):
         default_kwargs("cnn", (64,), 10)
+    with pytest.raises(ValueError, match="signals"):
+        default_kwargs("cnn1d", (1, 8, 8), 10)
 
 
 def _resnet_param_count(depth: int, width: int, in_channels: int, num_classes: int) -> int:
@@ -98,6 +104,10 @@ def test_parameter_counts_match_closed_forms():
     assert n20 == _resnet_param_count(20, 16, 3, 10)
     assert 0.265e6 < n20 < 0.275e6
     assert count_parameters(models.resnet(depth=32, width=4)) == _resnet_param_count(32, 4, 3, 10)
+    # cnn1d defaults: three conv1d (kernel 5, stride 2) 40 -> 20 -> 10 -> 5, linear(32*5 -> 10)
+    assert count_parameters(models.cnn1d()) == (
+        (5 * 32 + 32) + 2 * (32 * 5 * 32 + 32) + (32 * 5 * 10 + 10)
+    )
     # cnn defaults: conv(1->16) + conv(16->32) + linear(32*2*2 -> 10)
     assert count_parameters(models.cnn()) == (9 * 16 + 16) + (16 * 9 * 32 + 32) + (128 * 10 + 10)
 
@@ -154,6 +164,7 @@ TINY = [
              "num_classes": 3}, (1, 4, 4)),
     ("transformer", {"in_features": 3, "seq_len": 4, "dim": 4, "heads": 2, "num_classes": 3},
      (4, 3)),
+    ("cnn1d", {"channels": [2, 3], "input_length": 9, "hidden": [4], "num_classes": 3}, (9,)),
 ]
 
 
@@ -190,6 +201,9 @@ def test_every_architecture_supports_exact_hvp(name, kwargs, shape):
         (lambda: models.mlp(hidden=[8, 0]), r"hidden\[1\] must be a positive integer"),
         (lambda: models.mlp(dropout=1.0), "dropout must be a number in"),
         (lambda: models.cnn(kernel_size=4), "kernel_size must be odd"),
+        (lambda: models.cnn1d(kernel_size=4), "kernel_size must be odd"),
+        (lambda: models.cnn1d(channels=[4, 0]), r"channels\[1\] must be a positive integer"),
+        (lambda: models.cnn1d()(torch.zeros(2, 1, 4, 10)), r"inputs \[N, L\] or \[N, C, L\]"),
         (lambda: models.cnn(channels=[4, 4, 4, 4], input_size=8), "too small"),
         (lambda: models.resnet(depth=21), "6n \\+ 2"),
         (lambda: models.resnet20(shortcut="C"), "shortcut must be 'A' or 'B'"),

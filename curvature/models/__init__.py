@@ -11,6 +11,7 @@ short name      factory                               input shape
 ``mlp``         :func:`mlp`                           ``[N, in_features]`` (or any
                                                       ``[N, ...]``, flattened)
 ``cnn``         :func:`cnn`                           ``[N, C, S, S]``
+``cnn1d``       :func:`cnn1d`                         ``[N, L]`` or ``[N, C, L]``
 ``resnet20``    :func:`resnet20` (:func:`resnet`)     ``[N, C, S, S]``
 ``vgg``         :func:`vgg`                           ``[N, C, S, S]``
 ``vit``         :func:`vit`                           ``[N, C, S, S]``
@@ -28,6 +29,7 @@ Hessian-vector products.
 
 Rooms: :mod:`~curvature.models.perceptron` (``mlp``),
 :mod:`~curvature.models.convolutional` (``cnn``, ``vgg``),
+:mod:`~curvature.models.convolutional1d` (``cnn1d``),
 :mod:`~curvature.models.residual` (``resnet``, ``resnet20``),
 :mod:`~curvature.models.attention` (``vit``, ``transformer``),
 :mod:`~curvature.models.arguments` (checks of the factories' arguments),
@@ -49,6 +51,7 @@ from curvature.models.attention import (
     vit,
 )
 from curvature.models.convolutional import cnn, vgg
+from curvature.models.convolutional1d import cnn1d
 from curvature.models.factory import MODELS, build_model, is_model_factory, resolve_factory
 from curvature.models.perceptron import mlp
 from curvature.models.residual import BasicBlock, resnet, resnet20
@@ -64,6 +67,7 @@ __all__ = [
     "ViT",
     "build_model",
     "cnn",
+    "cnn1d",
     "count_parameters",
     "default_kwargs",
     "is_model_factory",

@@ -22,6 +22,7 @@ __all__ = ["MODELS", "ModelFactoryError", "build_model", "is_model_factory", "re
 MODELS: dict[str, str] = {
     "mlp": "curvature.models:mlp",
     "cnn": "curvature.models:cnn",
+    "cnn1d": "curvature.models:cnn1d",
     "resnet20": "curvature.models:resnet20",
     "resnet": "curvature.models:resnet",
     "vgg": "curvature.models:vgg",

@@ -30,7 +30,8 @@ def default_kwargs(
     Args:
         name: a short name from :data:`curvature.models.MODELS`.
         input_shape: shape of one example, without the batch dimension
-            (``[64]``, ``[1, 8, 8]``, ``[3, 32, 32]``, ``[T, F]``).
+            (``[64]``, ``[1, 8, 8]``, ``[3, 32, 32]``, ``[T, F]``, ``[40]`` for
+            ``cnn1d``: ``[L]`` or ``[C, L]``).
         num_outputs: number of classes (or regression outputs).
 
     Returns:
@@ -51,6 +52,14 @@ def default_kwargs(
         if side * side == numel:
             return {"seq_len": side, "in_features": side, **kw}
         return {"seq_len": 1, "in_features": numel, **kw}
+    if name == "cnn1d":
+        if len(shape) == 1:
+            return {"in_channels": 1, "input_length": shape[0], **kw}
+        if len(shape) == 2:
+            return {"in_channels": shape[0], "input_length": shape[1], **kw}
+        raise ValueError(
+            f"model 'cnn1d' needs signals [L] or [C, L], got input shape {list(input_shape)}"
+        )
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     if len(shape) != 3 or shape[1] != shape[2]:
