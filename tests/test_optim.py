@@ -4,6 +4,7 @@ identities between the SAM variants, reference cross-checks and the Hutchinson d
 from __future__ import annotations
 
 import numpy as np
+import optim_quadratic
 import pytest
 import torch
 from torch import nn
@@ -13,18 +14,12 @@ import curvature.optim as co
 # AdaHessian/IRE closures use loss.backward(create_graph=True) by design (the optimizers
 # detach the gradients afterwards, which breaks the cycle torch warns about)
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
     pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True"),
     pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and immune to a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 SHAPES = [(2, 3), (), (2, 1, 2, 2)]  # matrix, scalar, conv kernel: n = 15
 N = 15
@@ -33,60 +28,18 @@ STEPS = 6
 
 def make_quadratic(seed: int = 0, *, diagonal: bool = False, indefinite: bool = False):
     """A (n x n) symmetric, c (minimiser), w0 -- numpy float64."""
-    rng = np.random.default_rng(seed)
-    eig = np.linspace(0.3, 4.0, N)
-    if indefinite:
-        eig[:2] = [-0.5, -0.2]
-    if diagonal:
-        a = np.diag(rng.permutation(eig))
-    else:
-        q, _ = np.linalg.qr(rng.standard_normal((N, N)))
-        a = (q * eig) @ q.T
-        a = (a + a.T) / 2
-    return a, rng.standard_normal(N), rng.standard_normal(N)
+    return optim_quadratic.make_quadratic(N, seed, diagonal=diagonal, indefinite=indefinite)
 
 
-class Problem:
+class Problem(optim_quadratic.QuadraticProblem):
     """The quadratic 0.5 (w - c)^T A (w - c) on parameters of SHAPES in two groups."""
 
     def __init__(self, a, c, w0, *, graph: bool = False):
-        self.a = torch.tensor(a)
-        self.c = torch.tensor(c)
-        sizes = [int(np.prod(s)) for s in SHAPES]
-        chunks = torch.tensor(w0).split(sizes)
-        self.params = [nn.Parameter(x.reshape(s).clone()) for x, s in zip(chunks, SHAPES)]
-        self.graph = graph
-        self.calls = 0
-
-    @property
-    def groups(self):
-        return [{"params": self.params[:2]}, {"params": self.params[2:]}]
-
-    def w(self) -> np.ndarray:
-        return torch.cat([p.detach().reshape(-1) for p in self.params]).numpy().copy()
-
-    def closure_for(self, opt):
-        def closure():
-            opt.zero_grad()
-            self.calls += 1
-            w = torch.cat([p.reshape(-1) for p in self.params])
-            r = w - self.c
-            loss = 0.5 * r @ (self.a @ r)
-            loss.backward(create_graph=self.graph)
-            return loss
-
-        return closure
+        super().__init__(a, c, w0, SHAPES, graph=graph)
 
 
 def run(problem: Problem, opt, steps: int = STEPS):
-    ws, ests = [], []
-    closure = problem.closure_for(opt)
-    for _ in range(steps):
-        opt.step(closure)
-        ws.append(problem.w())
-        ests.append({k: (v if isinstance(v, float) else v.detach().numpy().copy())
-                     for k, v in opt.estimates.items()})
-    return np.array(ws), ests
+    return problem.run(opt, steps)
 
 
 def close(actual, expected, tol=1e-11):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import optim_quadratic
 import pytest
 import torch
 from torch import nn
@@ -15,64 +16,30 @@ import curvature as cv
 import curvature.optim as co
 from curvature.optim._common import rademacher_like, step_generator
 
-pytestmark = [pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")]
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True"),
+]
 
 SHAPES = [(2, 3), (), (2, 2)]  # n = 11, two parameter groups
 N = 11
 STEPS = 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def quadratic(seed: int, *, diagonal: bool = False):
-    rng = np.random.default_rng(seed)
-    eig = np.linspace(0.3, 4.0, N)
-    if diagonal:
-        a = np.diag(rng.permutation(eig))
-    else:
-        q, _ = np.linalg.qr(rng.standard_normal((N, N)))
-        a = (q * eig) @ q.T
-        a = (a + a.T) / 2
-    return a, rng.standard_normal(N), rng.standard_normal(N)
+    return optim_quadratic.make_quadratic(N, seed, diagonal=diagonal)
 
 
-class Quadratic:
+class Quadratic(optim_quadratic.QuadraticProblem):
     """0.5 (w - c)^T A (w - c) on parameters of SHAPES, in two groups."""
 
     def __init__(self, a, c, w0, *, graph: bool = False):
-        self.a, self.c = torch.tensor(a), torch.tensor(c)
-        chunks = torch.tensor(w0).split([math.prod(s) for s in SHAPES])
-        self.params = [nn.Parameter(x.reshape(s).clone()) for x, s in zip(chunks, SHAPES)]
-        self.graph = graph
-
-    @property
-    def groups(self):
-        return [{"params": self.params[:2]}, {"params": self.params[2:]}]
-
-    def w(self) -> np.ndarray:
-        return torch.cat([p.detach().reshape(-1) for p in self.params]).numpy().copy()
+        super().__init__(a, c, w0, SHAPES, graph=graph)
 
     def run(self, opt, steps: int = STEPS):
-        def closure():
-            opt.zero_grad()
-            r = torch.cat([p.reshape(-1) for p in self.params]) - self.c
-            loss = 0.5 * r @ (self.a @ r)
-            loss.backward(create_graph=self.graph)
-            return loss
-
-        ws, ests = [], []
-        for _ in range(steps):
-            opt.step(closure)
-            ws.append(self.w())
-            ests.append({k: v if isinstance(v, float) else v.numpy().copy()
-                         for k, v in opt.estimates.items()})
-        return np.array(ws), ests
+        return super().run(opt, steps)
 
 
 def close(actual, expected, tol=1e-11):

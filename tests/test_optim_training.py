@@ -14,18 +14,12 @@ from torch import nn
 import curvature.optim as co
 
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
     pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True"),
     pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and immune to a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 SGD = torch.optim.SGD
 BASE = dict(lr=0.1, momentum=0.9)  # the base optimizer used with the wrappers' defaults
