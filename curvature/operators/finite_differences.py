@@ -55,6 +55,7 @@ along them would add a term that exact products omit and no step pair reveals.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -139,8 +140,12 @@ class FiniteDifferences:
         self.steps: dict[str, float] = {}
         """Step (on a unit vector) the last product settled on, per ``"forward"``/``"central"``."""
         self._noise: float | None = None
-        self.mask = padding_mask(risk)
-        """``Tensor[n]`` zeroing embeddings' padding rows in every direction, or ``None``."""
+
+    @functools.cached_property
+    def mask(self) -> Tensor | None:
+        """``Tensor[n]`` zeroing embeddings' padding rows in every direction, or ``None``
+        (:func:`padding_mask`; built on the first product, not for exact operators)."""
+        return padding_mask(self.risk)
 
     def default_eps(self, V: Tensor, central: bool) -> Tensor:
         """Largest (and first) step per column of ``V``, on ``v``: ``c (1 + ||w||) / ||v||``,
