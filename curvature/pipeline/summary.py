@@ -107,6 +107,8 @@ class Analysis:
         timings: total seconds per phase.
         per_layer: the training split's :class:`curvature.BlockSpectra` (one block per
             module) when ``config.per_layer``, else ``None``.
+        plan: the :class:`curvature.pipeline.plan.Plan` the analysis ran under (measured
+            costs, planned and used products per metric), or ``None``.
     """
 
     splits: dict[str, SplitAnalysis]
@@ -115,6 +117,7 @@ class Analysis:
     info: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     per_layer: Any = None
+    plan: Any = None
 
     def summary(self) -> dict[str, Any]:
         """``summary.json``: training-split headline numbers at the top level, every
