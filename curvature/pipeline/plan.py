@@ -260,6 +260,8 @@ def _seconds(s: float) -> str:
 
 
 def _duration(s: float) -> str:
+    if s < 10:
+        return f"{s:.1f} s"
     if s < 90:
         return f"{s:.0f} s"
     if s < 5400:

@@ -141,10 +141,34 @@ class Analysis:
             timings.update({f"{name}_{k}": v for k, v in split.timings.items()})
         out["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
         out["splits"] = {k: s.scalars() for k, s in self.splits.items()}
-        out["config"] = asdict(self.config)
-        out["config"]["metrics"] = list(self.config.metrics)
+        out["config"] = _ran_settings(self.config, self.per_layer is not None)
+        if self.plan is not None:
+            out["plan"] = self.plan.to_dict()
         out.update({k: v for k, v in self.info.items() if k not in out})
         return _jsonable(out)
+
+
+# the settings of each metric: a report lists them only for the metrics that ran
+_SETTINGS = {
+    "eigenvalues": ("top_k", "tol", "max_matvecs"),
+    "trace": ("trace_matvecs",),
+    "density": ("density_probes", "density_steps"),
+    "landscape": ("landscape_points", "landscape_grid", "landscape_radius", "random_radius"),
+}
+
+
+def _ran_settings(config: AnalysisConfig, per_layer: bool) -> dict[str, Any]:
+    """``config`` as a dict without the settings of metrics that were not requested."""
+    out = asdict(config)
+    out["metrics"] = list(config.metrics)
+    keep = set(config.metrics) | ({"eigenvalues", "trace"} if per_layer else set())
+    if "landscape" in keep:
+        keep.add("eigenvalues")  # its directions are eigenvectors
+    for metric, names in _SETTINGS.items():
+        if metric not in keep:
+            for name in names:
+                out.pop(name, None)
+    return out
 
 
 def _jsonable(obj: Any) -> Any:
