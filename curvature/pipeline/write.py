@@ -194,9 +194,16 @@ def _budget_section(analysis: Analysis) -> list[str]:
             f"(= {c.gradients_per_product():.2g} gradients)")
     if c.evaluation_s:
         text += f", a landscape point {c.evaluation_s['train']:.3g} s"
-    text += (f"; planned work about {plan.seconds:.3g} s. What the budget cut shows as not "
-             "converged (Lanczos), a larger standard error (Hutch++) or fewer steps (SLQ); "
-             "a metric too short to run is marked skipped.")
+    text += f"; planned work about {plan.seconds:.3g} s."
+    metrics = {it.metric.split("_")[0] for it in plan.items}
+    shows = [why for metric, why in (("eigenvalues", "as not converged (Lanczos)"),
+                                     ("trace", "as a larger standard error (Hutch++)"),
+                                     ("density", "as fewer steps (SLQ)"),
+                                     ("landscape", "as fewer points (landscapes)"),
+                                     ("per", "as blocks not converged (per-layer)"))
+             if metric in metrics]
+    text += (" A cut by the budget shows " + ", ".join(shows) + "; a metric too short to "
+             "run is marked skipped: budget.")
     lines = ["## Budget", "", text, "",
              "| metric | split | status | planned | used | unit | settings |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
