@@ -49,7 +49,7 @@ def spectrum(problem):
 def fixed_costs(monkeypatch, product_s: float = 1.0, evaluation_s: float = 0.01) -> None:
     """Replace the measured costs by fixed ones (a product takes ``product_s`` seconds)."""
 
-    def fake(ops, *, evaluate=None, per_layer_width=0, seed=0, started=None):
+    def fake(ops, *, evaluate=None, per_layer_width=0, **_):
         splits = list(ops)
         return Costs(product_s=dict.fromkeys(splits, product_s),
                      gradient_s=dict.fromkeys(splits, product_s / 2),

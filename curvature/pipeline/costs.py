@@ -2,10 +2,11 @@
 
 Every time is a wall-clock measurement on the actual model, data, dtype and device:
 
-* a Hessian product: the *second* product of a split's operator (the first one also
-  chooses the product path and fills the graph cache, so it is not typical);
-* a gradient: a warm dataset gradient (the analysis' first one is not timed);
+* a Hessian product: the *second* product of the training split's operator (the first
+  one also fills caches, so it is not typical);
+* a gradient: a warm dataset gradient (or the first one, when it took over a second);
 * a landscape point: a short 1-D landscape, per point (points are vectorised);
+* the test split: the training split's times scaled by its share of examples;
 * a per-layer column: from a warm 1-column and a warm ``w``-column product
   (``w = min(4, blocks)``), ``seconds = pass + columns * column``.
 
@@ -58,22 +59,25 @@ def product_seconds(op: Any, width: int = 1, seed: int = 0) -> float:
     return _median_time(lambda: op.matmat(V), op.device)
 
 
-def gradient_seconds(op: Any) -> float:
+def gradient_seconds(op: Any, first_s: float | None = None) -> float:
     """Seconds of a warm dataset gradient of ``op``'s loss (at a copy of its parameters,
-    so the cached gradient is not returned)."""
+    so the cached gradient is not returned); ``first_s``, the time of the analysis' first
+    gradient, is used as it is when it took over a second (no repeat of an expensive
+    pass)."""
+    if first_s is not None and first_s > 1.0:
+        return first_s
     w = op.params.clone()
     return _median_time(lambda: op.risk.gradient(w), op.device)
 
 
 def point_seconds(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], batches: Any,
-                  params: list[str], seed: int = 0, points: int = 9) -> float:
+                  params: list[str], seed: int = 0, points: int = 5) -> float:
     """Seconds per point of a 1-D loss landscape (:func:`curvature.loss_landscape_1d`,
-    vectorised over points as the analysis runs it): a ``points``-point line after a
-    3-point warm-up, divided by ``points``."""
+    vectorised over points as the analysis runs it): a ``points``-point line divided by
+    ``points`` (the median of a few lines when they are cheap)."""
     from curvature.landscape import filter_normalized_direction, loss_landscape_1d
 
     d = filter_normalized_direction(model, params=params, seed=seed)
-    loss_landscape_1d(model, loss_fn, batches, d, np.linspace(-1e-3, 1e-3, 3), params=params)
     grid = np.linspace(-1e-3, 1e-3, points)
     run = lambda: loss_landscape_1d(model, loss_fn, batches, d, grid, params=params)  # noqa: E731
     return _median_time(run, d.device) / points
@@ -82,28 +86,38 @@ def point_seconds(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], batch
 def measure_costs(
     ops: dict[str, Any],
     *,
-    evaluate: dict[str, Callable[[], float]] | None = None,
+    examples: dict[str, int] | None = None,
+    first_gradient_s: float | None = None,
+    evaluate: Callable[[], float] | None = None,
     per_layer_width: int = 0,
     seed: int = 0,
     started: float | None = None,
 ) -> Costs:
     """:class:`Costs` of the splits' operators ``ops`` (``{"train": op, ...}``).
 
-    ``evaluate``: per split, a
-    function returning the seconds of one loss evaluation (landscapes; omitted when no
-    landscape is computed); ``per_layer_width``: columns of the wide product that
-    measures per-layer columns (0: not measured); ``started``: ``time.perf_counter()``
-    at the start of the analysis (for ``setup_s``).
+    Only the training split is timed; another split's times are the training split's
+    scaled by its share of examples (``examples``: examples per split), so measuring
+    costs a few products, not a few per split. ``first_gradient_s``: the time of the
+    analysis' first gradient; ``evaluate``: returns the seconds of one landscape point
+    (omitted when no landscape is computed); ``per_layer_width``: columns of the wide
+    product that measures per-layer columns (0: not measured); ``started``:
+    ``time.perf_counter()`` at the start of the analysis (for ``setup_s``).
     """
     costs = Costs()
-    for split, op in ops.items():
-        costs.gradient_s[split] = gradient_seconds(op)
-        costs.product_s[split] = product_seconds(op, 1, seed)
-        if evaluate and split in evaluate:
-            costs.evaluation_s[split] = evaluate[split]()
+    train = ops["train"]
+    costs.product_s["train"] = product_seconds(train, 1, seed)
+    costs.gradient_s["train"] = gradient_seconds(train, first_gradient_s)
+    if evaluate is not None:
+        costs.evaluation_s["train"] = evaluate()
+    for split in ops:
+        if split != "train":
+            ratio = (examples or {}).get(split, 1) / max((examples or {}).get("train", 1), 1)
+            for table in (costs.product_s, costs.gradient_s, costs.evaluation_s):
+                if "train" in table:
+                    table[split] = table["train"] * ratio
     if per_layer_width >= 2:
         t1 = costs.product_s["train"]
-        tw = product_seconds(ops["train"], per_layer_width, seed + 1)
+        tw = product_seconds(train, per_layer_width, seed + 1)
         costs.column_s = max((tw - t1) / (per_layer_width - 1), 0.1 * t1)
         costs.pass_s = max(t1 - costs.column_s, 0.0)
     elif per_layer_width == 1:
