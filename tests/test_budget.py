@@ -246,3 +246,25 @@ def test_analyze_help_documents_data_zoo_and_budget(capsys):
         assert name in text, name
     assert "--data syntax" in text and "--budget" in text and "5m" in text
     assert "at most 10" in text
+
+
+def test_per_layer_is_shrunk_to_its_share_and_stays_honest(problem, monkeypatch):
+    model, loss, train, _ = problem
+    fixed_costs(monkeypatch, product_s=1.0)
+    a = analyze(model, loss, train, metrics=("trace",), per_layer=True, budget=100)
+    item = a.plan["train/per_layer"]
+    assert item.status == "ran" and item.settings["max_steps"] < 300
+    assert item.settings["trace_matvecs"] < 90
+    assert a.per_layer.num_matvecs <= item.planned  # converged blocks leave early
+    names = [p for b in a.per_layer for p in b.params]
+    H = cv.dense_hessian(model.double(), loss, (train[0].double(), train[1]), params=names)
+    model.float()
+    start = 0
+    for block in a.per_layer:
+        Hb = H[start:start + block.num_params, start:start + block.num_params]
+        start += block.num_params
+        ev = torch.linalg.eigvalsh(Hb)
+        assert block.lanczos_steps <= item.settings["max_steps"]
+        if block.converged_max:  # converged means right; otherwise it says so
+            assert float(block.top[0]) == pytest.approx(float(ev[-1]), rel=1e-4)
+    assert a.plan.seconds <= 100

@@ -106,22 +106,20 @@ def analyze(
     t_all = time.perf_counter()
 
     datasets = [("train", data)] + ([("test", test_data)] if test_data is not None else [])
-    ops, grads, first_gradient_s = {}, {}, None
+    ops, grads = {}, {}
     for split, batches in datasets:
         ops[split] = HessianOperator(
             work, loss_fn, batches, method=config.hvp_method, device=device, dtype=dtype
         )
         with _timed(timings, f"{split}_loss_gradient"):
-            t0 = time.perf_counter()
             grads[split] = ops[split].gradient()
-            first_gradient_s = time.perf_counter() - t0 if split == "train" else first_gradient_s
             loss = ops[split].loss()
         acc = _accuracy(work, batches, device, dtype)
         splits[split] = SplitAnalysis(split, _count(batches, device), loss, acc,
                                       float(grads[split].double().norm()))
 
     plan = _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings,
-                 {s: a.num_examples for s, a in splits.items()}, first_gradient_s)
+                 {s: a.num_examples for s, a in splits.items()})
     if log is not _silent:
         log(plan.line())
     elif config.progress:
@@ -252,7 +250,7 @@ def _silent(_message: str) -> None:
 
 
 def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings,
-          examples, first_gradient_s) -> Plan:
+          examples) -> Plan:
     """Measure the costs (:mod:`curvature.pipeline.costs`) and make the plan."""
     from curvature.algorithms.probes import default_block_size
     from curvature.partition import partition
@@ -266,8 +264,7 @@ def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, tim
         train = datasets[0][1]
         evaluate = lambda: point_seconds(work, loss_fn, train, names, config.seed)  # noqa: E731
     with _timed(timings, "plan"):
-        costs = measure_costs(ops, examples=examples, first_gradient_s=first_gradient_s,
-                              evaluate=evaluate,
+        costs = measure_costs(ops, examples=examples, evaluate=evaluate,
                               per_layer_width=min(4, len(dims)) if dims else 0,
                               seed=config.seed, started=t_all)
     return make_plan(config, costs, num_params=num_params, k=k, splits=tuple(ops),

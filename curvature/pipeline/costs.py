@@ -4,7 +4,7 @@ Every time is a wall-clock measurement on the actual model, data, dtype and devi
 
 * a Hessian product: the *second* product of the training split's operator (the first
   one also fills caches, so it is not typical);
-* a gradient: a warm dataset gradient (or the first one, when it took over a second);
+* a gradient: a warm dataset gradient;
 * a landscape point: a short 1-D landscape, per point (points are vectorised);
 * the test split: the training split's times scaled by its share of examples;
 * a per-layer column: from a warm 1-column and a warm ``w``-column product
@@ -59,13 +59,10 @@ def product_seconds(op: Any, width: int = 1, seed: int = 0) -> float:
     return _median_time(lambda: op.matmat(V), op.device)
 
 
-def gradient_seconds(op: Any, first_s: float | None = None) -> float:
+def gradient_seconds(op: Any) -> float:
     """Seconds of a warm dataset gradient of ``op``'s loss (at a copy of its parameters,
-    so the cached gradient is not returned); ``first_s``, the time of the analysis' first
-    gradient, is used as it is when it took over a second (no repeat of an expensive
-    pass)."""
-    if first_s is not None and first_s > 1.0:
-        return first_s
+    so the cached gradient is not returned; the analysis' first gradient also pays
+    one-time set-up and is not typical)."""
     w = op.params.clone()
     return _median_time(lambda: op.risk.gradient(w), op.device)
 
@@ -87,7 +84,6 @@ def measure_costs(
     ops: dict[str, Any],
     *,
     examples: dict[str, int] | None = None,
-    first_gradient_s: float | None = None,
     evaluate: Callable[[], float] | None = None,
     per_layer_width: int = 0,
     seed: int = 0,
@@ -97,8 +93,7 @@ def measure_costs(
 
     Only the training split is timed; another split's times are the training split's
     scaled by its share of examples (``examples``: examples per split), so measuring
-    costs a few products, not a few per split. ``first_gradient_s``: the time of the
-    analysis' first gradient; ``evaluate``: returns the seconds of one landscape point
+    costs a few products, not a few per split. ``evaluate``: returns the seconds of one landscape point
     (omitted when no landscape is computed); ``per_layer_width``: columns of the wide
     product that measures per-layer columns (0: not measured); ``started``:
     ``time.perf_counter()`` at the start of the analysis (for ``setup_s``).
@@ -106,7 +101,7 @@ def measure_costs(
     costs = Costs()
     train = ops["train"]
     costs.product_s["train"] = product_seconds(train, 1, seed)
-    costs.gradient_s["train"] = gradient_seconds(train, first_gradient_s)
+    costs.gradient_s["train"] = gradient_seconds(train)
     if evaluate is not None:
         costs.evaluation_s["train"] = evaluate()
     for split in ops:
