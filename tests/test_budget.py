@@ -230,12 +230,15 @@ def test_progress_labels_are_plain_text(problem, capsys):
             assert "$" not in m.group(1) and "\\" not in m.group(1), (path, m.group(1))
     model, loss, train, _ = problem
     analyze(model, loss, train, metrics=("eigenvalues", "landscape"), top_k=2,
-            landscape_points=5, landscape_grid=3, progress=True)
+            landscape_points=5, landscape_grid=3, per_layer=True, max_matvecs=40,
+            progress=True)
     err = capsys.readouterr().err
     assert "plan: up to " in err
     assert "$" not in err and "\\lambda" not in err
     bars = {line.split(":")[0] for line in re.split(r"[\r\n]", err) if "%|" in line}
     assert bars and bars <= {"curvature analysis", "train"}, bars  # one bar, no inner ones
+    done, total = re.findall(r"(\d+)/(\d+) products", err)[-1]
+    assert done == total  # the total was honest: the bar ends full
 
 
 def test_analyze_help_documents_data_zoo_and_budget(capsys):

@@ -230,9 +230,8 @@ def analyze(
                 max_steps=s["max_steps"], trace_matvecs=s["trace_matvecs"],
                 seed=config.seed, dtype=dtype, device=device, method=config.hvp_method,
                 density=s["density_probes"] > 0, density_steps=max(1, s["density_steps"]),
-                density_probes=max(1, s["density_probes"]),
+                density_probes=max(1, s["density_probes"]), on_product=tick,
             )
-        tick(per_layer.num_matvecs)
         spend("train/per_layer", per_layer.num_matvecs)
         if not per_layer.converged:
             log(f"train: per-layer: {per_layer.message}")
