@@ -10,8 +10,9 @@ Every time is a wall-clock measurement on the actual model, data, dtype and devi
 * a per-layer column: from a warm 1-column and a warm ``w``-column product
   (``w = min(4, blocks)``), ``seconds = pass + columns * column``.
 
-Under ``torch.distributed`` the slowest rank's times are used on every rank, so all
-ranks make the same plan (their products are all-reduced and must match).
+Under ``torch.distributed`` the slowest rank's times (and set-up time) are used on every
+rank, so all ranks make the same plan (their products are all-reduced and must match;
+what a metric leaves to the next is counted in products, not measured time).
 """
 
 from __future__ import annotations
@@ -117,9 +118,9 @@ def measure_costs(
         costs.pass_s = max(t1 - costs.column_s, 0.0)
     elif per_layer_width == 1:
         costs.column_s, costs.pass_s = costs.product_s["train"], 0.0
-    _slowest_rank(costs)
     if started is not None:
         costs.setup_s = time.perf_counter() - started
+    _slowest_rank(costs)
     return costs
 
 
@@ -133,7 +134,7 @@ def _slowest_rank(costs: Costs) -> None:
     keys += [("gradient_s", s) for s in sorted(costs.gradient_s)]
     keys += [("evaluation_s", s) for s in sorted(costs.evaluation_s)]
     values = [getattr(costs, a)[s] for a, s in keys]
-    values += [costs.column_s or 0.0, costs.pass_s or 0.0]
+    values += [costs.setup_s, costs.column_s or 0.0, costs.pass_s or 0.0]
     backend = dist.get_backend()
     dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
     t = torch.tensor(values, dtype=torch.float64, device=dev)
@@ -141,6 +142,7 @@ def _slowest_rank(costs: Costs) -> None:
     out = t.cpu().tolist()
     for (a, s), v in zip(keys, out):
         getattr(costs, a)[s] = v
+    costs.setup_s = out[-3]
     if costs.column_s is not None:
         costs.column_s, costs.pass_s = out[-2], out[-1]
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -55,12 +54,12 @@ PER_LAYER_FACTOR = 1.5
 """The default budget's ceiling is this much larger with per-layer spectra."""
 
 WEIGHTS = {
-    "eigenvalues_largest": 4.0,
+    "eigenvalues_largest": 6.0,
     "eigenvalues_smallest": 2.0,
     "trace": 1.0,
     "density": 2.0,
     "landscape": 1.0,
-    "per_layer": 6.0,
+    "per_layer": 8.0,
 }
 """Shares of a short budget (training split; the test split's metrics weigh half)."""
 
@@ -474,10 +473,3 @@ def _per_layer_sizer(dims: list[int], steps0: int, trace0: int, probes: int, dst
         return ({"max_steps": steps, "trace_matvecs": tp, "density_steps": ds,
                  "density_probes": probes}, columns, secs)
     return size
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """``fn()`` and its wall time in seconds."""
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0

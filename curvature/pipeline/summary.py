@@ -68,11 +68,13 @@ class SplitAnalysis:
             out["eigenvalues_largest"] = self.top.values.tolist()
             out["residuals_largest"] = self.top.residuals.tolist()
             out["converged_largest"] = bool(self.top.converged)
+            out["lambda_max_converged"] = bool(self.top.converged_mask[0])
         if self.bottom is not None:
             out["lambda_min"] = float(self.bottom.values[0])
             out["eigenvalues_smallest"] = self.bottom.values.tolist()
             out["residuals_smallest"] = self.bottom.residuals.tolist()
             out["converged_smallest"] = bool(self.bottom.converged)
+            out["lambda_min_converged"] = bool(self.bottom.converged_mask[0])
         if self.top is not None and self.bottom is not None:
             lmax, lmin = out["lambda_max"], out["lambda_min"]
             out["negative_ratio"] = abs(min(lmin, 0.0)) / lmax if lmax > 0 else math.nan

@@ -132,6 +132,11 @@ def format_value(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def _converged_count(analysis: Analysis, split: str, which: str) -> str:
+    r = getattr(analysis.splits[split], "top" if which == "largest" else "bottom")
+    return f"{int(r.converged_mask.sum())} of {r.converged_mask.numel()} converged"
+
+
 _METRIC_OF = {"lambda_max": "eigenvalues_largest", "lambda_min": "eigenvalues_smallest",
               "trace": "trace"}
 
@@ -241,8 +246,8 @@ def _report(analysis: Analysis, summary: dict[str, Any], figures, tables, title:
         ("loss", "loss", ""),
         ("accuracy", "accuracy", ""),
         ("gradient norm", "grad_norm", ""),
-        ("λ_max (Lanczos)", "lambda_max", "converged_largest"),
-        ("λ_min (Lanczos)", "lambda_min", "converged_smallest"),
+        ("λ_max (Lanczos)", "lambda_max", "lambda_max_converged"),
+        ("λ_min (Lanczos)", "lambda_min", "lambda_min_converged"),
         ("\\|λ_min\\| / λ_max", "negative_ratio", ""),
         ("trace (Hutch++)", "trace", ""),
     ]
@@ -269,6 +274,7 @@ def _report(analysis: Analysis, summary: dict[str, Any], figures, tables, title:
     for s in names:
         sc = per[s]
         ends = [f"{which} eigenvalues " + ", ".join(format_value(v) for v in sc[f"eigenvalues_{which}"])
+                + ("" if sc[f"converged_{which}"] else f" ({_converged_count(analysis, s, which)})")
                 for which in ("largest", "smallest") if f"eigenvalues_{which}" in sc]
         if ends:
             res = [r for w in ("largest", "smallest") for r in sc.get(f"residuals_{w}", [])]
