@@ -15,9 +15,10 @@ and for per-layer spectra the extra cost of a column in a multi-column product).
   :data:`DEFAULT_BUDGET_S` (times :data:`PER_LAYER_FACTOR` with per-layer spectra);
 * a budget below the caps' time is shared by weight (:data:`WEIGHTS`; the test split at
   half weight) with water-filling: a metric whose cap is below its share takes its cap
-  and the rest is shared again; a metric whose share is below its least useful size
+  and the rest is shared again; while a metric's share is below its least useful size
   (Lanczos ``max(2k, 10)`` products, Hutch++ 4, SLQ 10 steps, a 5 x 5 landscape grid,
-  3 per-layer steps) gets nothing and is reported as ``skipped: budget``;
+  3 per-layer steps), the least important metric (the test split's first, then the
+  least weighted) gets nothing and is reported as ``skipped: budget``;
 * while the analysis runs, the products a metric did not spend (Lanczos stops when it
   has converged) pass on to the metrics after it (:meth:`Plan.grant`), up to their caps.
 
@@ -345,15 +346,17 @@ def make_plan(
 
 
 def _allocate(items: list[Item], sizers, total: float) -> None:
-    """Water-filling of ``total`` seconds by weight, capped at each item's cap; items
-    that cannot run on their share are dropped (the least weighted, latest first)."""
+    """Water-filling of ``total`` seconds by weight, capped at each item's cap; while an
+    item cannot run on its share, the least important item is dropped."""
     active = list(items)
     while True:
         shares = _water_fill(active, total)
-        failing = [it for it in active if sizers[it.name](shares[it.name])[0] is None]
-        if not failing:
+        if all(sizers[it.name](shares[it.name])[0] is not None for it in active):
             break
-        drop = min(failing, key=lambda it: (it.weight, -items.index(it)))
+        # something cannot run on its share: drop the least important item (the test
+        # split before the training split, then the least weighted, the latest first),
+        # which need not be the one that failed
+        drop = min(active, key=lambda it: (it.split == "train", it.weight, -items.index(it)))
         active.remove(drop)
     for it in items:
         if it in active:
