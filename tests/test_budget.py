@@ -109,6 +109,14 @@ def test_plan_keeps_every_setting_when_affordable_and_shares_a_short_budget():
     assert short["train/eigenvalues_largest"].planned > short["test/eigenvalues_largest"].planned
     assert short["train/eigenvalues_largest"].planned > short["train/trace"].planned
 
+    for budget in (1.0, 2.0, 4.0, 8.0):  # the test split gives way first
+        plan = make_plan(config, costs, num_params=1000, k=5, splits=("train", "test"),
+                         budget_s=budget)
+        skipped = {it.name for it in plan.items if it.status == "skipped: budget"}
+        if any(n.startswith("train/") for n in skipped):
+            assert all(it.name in skipped for it in plan.items if it.split == "test"), budget
+        assert "train/eigenvalues_largest" not in skipped or budget < 0.1
+
     tiny = make_plan(config, costs, num_params=1000, k=5, splits=("train",), budget_s=0.05)
     assert all(it.status == "skipped: budget" and it.planned == 0 for it in tiny.items)
     assert "skipped for the budget" in tiny.line()

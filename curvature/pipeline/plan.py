@@ -17,8 +17,8 @@ and for per-layer spectra the extra cost of a column in a multi-column product).
   half weight) with water-filling: a metric whose cap is below its share takes its cap
   and the rest is shared again; while a metric's share is below its least useful size
   (Lanczos ``max(2k, 10)`` products, Hutch++ 4, SLQ 10 steps, a 5 x 5 landscape grid,
-  3 per-layer steps), the least important metric (the test split's first, then the
-  least weighted) gets nothing and is reported as ``skipped: budget``;
+  3 per-layer steps), a metric gets nothing and is reported as ``skipped: budget``: the
+  test split's metrics first (least weighted first), then the failing metric itself;
 * while the analysis runs, the products a metric did not spend (Lanczos stops when it
   has converged) pass on to the metrics after it (:meth:`Plan.grant`), up to their caps.
 
@@ -347,16 +347,17 @@ def make_plan(
 
 def _allocate(items: list[Item], sizers, total: float) -> None:
     """Water-filling of ``total`` seconds by weight, capped at each item's cap; while an
-    item cannot run on its share, the least important item is dropped."""
+    item cannot run on its share, a test-split item or the failing item is dropped."""
     active = list(items)
     while True:
         shares = _water_fill(active, total)
-        if all(sizers[it.name](shares[it.name])[0] is not None for it in active):
+        failing = [it for it in active if sizers[it.name](shares[it.name])[0] is None]
+        if not failing:
             break
-        # something cannot run on its share: drop the least important item (the test
-        # split before the training split, then the least weighted, the latest first),
-        # which need not be the one that failed
-        drop = min(active, key=lambda it: (it.split == "train", it.weight, -items.index(it)))
+        # the test split's metrics give way to any failing one; a training metric is
+        # dropped only when it fails itself (the least weighted, the latest first)
+        candidates = [it for it in active if it.split != "train" or it in failing]
+        drop = min(candidates, key=lambda it: (it.split == "train", it.weight, -items.index(it)))
         active.remove(drop)
     for it in items:
         if it in active:
