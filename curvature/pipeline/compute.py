@@ -118,8 +118,7 @@ def analyze(
         splits[split] = SplitAnalysis(split, _count(batches, device), loss, acc,
                                       float(grads[split].double().norm()))
 
-    plan = _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings,
-                 {s: a.num_examples for s, a in splits.items()})
+    plan = _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings)
     if log is not _silent:
         log(plan.line())
     elif config.progress:
@@ -248,8 +247,7 @@ def _silent(_message: str) -> None:
     """The default ``log``: nothing."""
 
 
-def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings,
-          examples) -> Plan:
+def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings) -> Plan:
     """Measure the costs (:mod:`curvature.pipeline.costs`) and make the plan."""
     from curvature.algorithms.probes import default_block_size
     from curvature.partition import partition
@@ -263,7 +261,7 @@ def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, tim
         train = datasets[0][1]
         evaluate = lambda: point_seconds(work, loss_fn, train, names, config.seed)  # noqa: E731
     with _timed(timings, "plan"):
-        costs = measure_costs(ops, examples=examples, evaluate=evaluate,
+        costs = measure_costs(ops, evaluate=evaluate,
                               per_layer_width=min(4, len(dims)) if dims else 0,
                               seed=config.seed, started=t_all)
     return make_plan(config, costs, num_params=num_params, k=k, splits=tuple(ops),
