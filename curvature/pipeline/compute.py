@@ -130,7 +130,7 @@ def analyze(
         bar.update(plan.progress_units(state["item"], columns))
 
     def start(name: str, text: str) -> Any:
-        it = plan.grant(name)
+        it = plan.grant(name, _elapsed(t_all))
         state["item"] = it
         bar.total += plan.progress_units(it, it.granted - it.planned)
         if it.settings is None:
@@ -241,6 +241,21 @@ def analyze(
     info.setdefault("device", str(device))
     return Analysis(splits=splits, num_params=num_params, config=config, info=info,
                     timings=timings, per_layer=per_layer, plan=plan)
+
+
+def _elapsed(t0: float) -> float:
+    """Seconds since ``t0``; under torch.distributed the largest over the ranks, so every
+    rank grants the same products."""
+    import torch.distributed as dist
+
+    elapsed = time.perf_counter() - t0
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dev = (torch.device("cuda", torch.cuda.current_device())
+               if dist.get_backend() == "nccl" else torch.device("cpu"))
+        t = torch.tensor([elapsed], dtype=torch.float64, device=dev)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        elapsed = float(t.item())
+    return elapsed
 
 
 def _silent(_message: str) -> None:

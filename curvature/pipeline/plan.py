@@ -197,14 +197,31 @@ class Plan:
             return item.seconds / item.planned if item.planned else 0.0
         return self.costs.product_s[item.split]
 
-    def grant(self, name: str) -> Item:
+    def grant(self, name: str, elapsed: float | None = None) -> Item:
         """The item ``name`` with its settings for now: its planned share plus what the
-        items before it left unspent, up to its cap."""
+        items before it left unspent, up to its cap.
+
+        ``elapsed``: wall seconds since the analysis started. Under a given budget, when
+        fewer seconds are left than the planned seconds of this and the later items
+        (products ran slower than measured), this item gets its share of what is left
+        instead, and is skipped if that is too little to run (a default budget is
+        never cut this way, so runs on small models do not depend on the clock).
+        """
         it = self[name]
         if it.status == "skipped: budget":
             return it
         it.granted_s = it.seconds + max(self._carry, 0.0)
         it.granted = it.planned
+        ahead = sum(x.seconds for x in self.items[self.items.index(it):]
+                    if x.status == "planned")
+        left = self.budget_s - elapsed if elapsed is not None else math.inf
+        if self.budget_rule == "given" and left < ahead:
+            it.granted_s = it.seconds * max(left, 0.0) / ahead
+            settings, units, _ = self._sizers[name](it.granted_s)
+            it.settings, it.granted = settings, units
+            if settings is None:
+                it.status, it.granted_s = "skipped: budget", 0.0
+            return it
         settings, units, _ = self._sizers[name](it.granted_s)
         if settings is not None and units >= it.planned:
             it.settings, it.granted = settings, units
