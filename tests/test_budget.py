@@ -109,6 +109,14 @@ def test_plan_keeps_every_setting_when_affordable_and_shares_a_short_budget():
     assert short["train/eigenvalues_largest"].planned > short["test/eigenvalues_largest"].planned
     assert short["train/eigenvalues_largest"].planned > short["train/trace"].planned
 
+    for budget in (1.0, 2.0, 4.0, 8.0):  # the test split gives way first
+        plan = make_plan(config, costs, num_params=1000, k=5, splits=("train", "test"),
+                         budget_s=budget)
+        skipped = {it.name for it in plan.items if it.status == "skipped: budget"}
+        if any(n.startswith("train/") for n in skipped):
+            assert all(it.name in skipped for it in plan.items if it.split == "test"), budget
+        assert "train/eigenvalues_largest" not in skipped or budget < 0.1
+
     tiny = make_plan(config, costs, num_params=1000, k=5, splits=("train",), budget_s=0.05)
     assert all(it.status == "skipped: budget" and it.planned == 0 for it in tiny.items)
     assert "skipped for the budget" in tiny.line()
@@ -271,3 +279,22 @@ def test_per_layer_is_shrunk_to_its_share_and_stays_honest(problem, monkeypatch)
         if block.converged_max:  # converged means right; otherwise it says so
             assert float(block.top[0]) == pytest.approx(float(ev[-1]), rel=1e-4)
     assert a.plan.seconds <= 100
+
+
+def test_a_late_run_is_cut_to_the_time_left_under_a_given_budget():
+    config = AnalysisConfig(metrics=("eigenvalues", "trace"))
+    costs = Costs(product_s={"train": 1.0}, gradient_s={"train": 0.5})
+    plan = make_plan(config, costs, num_params=1000, k=2, splits=("train",), budget_s=100)
+    planned = plan["train/eigenvalues_largest"].planned
+    on_time = plan.grant("train/eigenvalues_largest", elapsed=0.0)
+    assert on_time.settings == {"max_matvecs": planned}
+    plan.spend("train/eigenvalues_largest", planned)
+    smallest = plan["train/eigenvalues_smallest"].planned
+    late = plan.grant("train/eigenvalues_smallest", elapsed=100 - 0.5 * (100 - planned))
+    assert late.settings["max_matvecs"] < smallest  # products ran slow: less than planned
+    plan.spend("train/eigenvalues_smallest", late.settings["max_matvecs"])
+    assert plan.grant("train/trace", elapsed=99.9).status == "skipped: budget"
+    default = make_plan(config, costs, num_params=1000, k=2, splits=("train",))
+    first = default["train/eigenvalues_largest"].planned
+    assert default.grant("train/eigenvalues_largest", elapsed=1e6).settings == {
+        "max_matvecs": first}  # a default budget is never cut by the clock

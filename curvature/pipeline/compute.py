@@ -118,8 +118,7 @@ def analyze(
         splits[split] = SplitAnalysis(split, _count(batches, device), loss, acc,
                                       float(grads[split].double().norm()))
 
-    plan = _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings,
-                 {s: a.num_examples for s, a in splits.items()})
+    plan = _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings)
     if log is not _silent:
         log(plan.line())
     elif config.progress:
@@ -131,7 +130,7 @@ def analyze(
         bar.update(plan.progress_units(state["item"], columns))
 
     def start(name: str, text: str) -> Any:
-        it = plan.grant(name)
+        it = plan.grant(name, _elapsed(t_all))
         state["item"] = it
         bar.total += plan.progress_units(it, it.granted - it.planned)
         if it.settings is None:
@@ -244,12 +243,26 @@ def analyze(
                     timings=timings, per_layer=per_layer, plan=plan)
 
 
+def _elapsed(t0: float) -> float:
+    """Seconds since ``t0``; under torch.distributed the largest over the ranks, so every
+    rank grants the same products."""
+    import torch.distributed as dist
+
+    elapsed = time.perf_counter() - t0
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dev = (torch.device("cuda", torch.cuda.current_device())
+               if dist.get_backend() == "nccl" else torch.device("cpu"))
+        t = torch.tensor([elapsed], dtype=torch.float64, device=dev)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        elapsed = float(t.item())
+    return elapsed
+
+
 def _silent(_message: str) -> None:
     """The default ``log``: nothing."""
 
 
-def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings,
-          examples) -> Plan:
+def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings) -> Plan:
     """Measure the costs (:mod:`curvature.pipeline.costs`) and make the plan."""
     from curvature.algorithms.probes import default_block_size
     from curvature.partition import partition
@@ -263,7 +276,7 @@ def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, tim
         train = datasets[0][1]
         evaluate = lambda: point_seconds(work, loss_fn, train, names, config.seed)  # noqa: E731
     with _timed(timings, "plan"):
-        costs = measure_costs(ops, examples=examples, evaluate=evaluate,
+        costs = measure_costs(ops, evaluate=evaluate,
                               per_layer_width=min(4, len(dims)) if dims else 0,
                               seed=config.seed, started=t_all)
     return make_plan(config, costs, num_params=num_params, k=k, splits=tuple(ops),

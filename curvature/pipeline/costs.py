@@ -6,7 +6,8 @@ Every time is a wall-clock measurement on the actual model, data, dtype and devi
   one also fills caches, so it is not typical);
 * a gradient: a warm dataset gradient;
 * a landscape point: a short 1-D landscape, per point (points are vectorised);
-* the test split: the training split's times scaled by its share of examples;
+* the test split: one product (its first, an upper bound of a warm one); its gradient
+  and landscape point scaled from the training split's by the ratio of product times;
 * a per-layer column: from a warm 1-column and a warm ``w``-column product
   (``w = min(4, blocks)``), ``seconds = pass + columns * column``.
 
@@ -84,7 +85,6 @@ def point_seconds(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], batch
 def measure_costs(
     ops: dict[str, Any],
     *,
-    examples: dict[str, int] | None = None,
     evaluate: Callable[[], float] | None = None,
     per_layer_width: int = 0,
     seed: int = 0,
@@ -92,12 +92,12 @@ def measure_costs(
 ) -> Costs:
     """:class:`Costs` of the splits' operators ``ops`` (``{"train": op, ...}``).
 
-    Only the training split is timed; another split's times are the training split's
-    scaled by its share of examples (``examples``: examples per split), so measuring
-    costs a few products, not a few per split. ``evaluate``: returns the seconds of one landscape point
-    (omitted when no landscape is computed); ``per_layer_width``: columns of the wide
-    product that measures per-layer columns (0: not measured); ``started``:
-    ``time.perf_counter()`` at the start of the analysis (for ``setup_s``).
+    The training split is timed in full; another split by one (first, so not faster
+    than typical) product, its gradient and landscape point scaled from the training
+    split's by the ratio of the product times. ``evaluate``: returns the seconds of one
+    landscape point (omitted when no landscape is computed); ``per_layer_width``:
+    columns of the wide product that measures per-layer columns (0: not measured);
+    ``started``: ``time.perf_counter()`` at the start of the analysis (for ``setup_s``).
     """
     costs = Costs()
     train = ops["train"]
@@ -105,10 +105,17 @@ def measure_costs(
     costs.gradient_s["train"] = gradient_seconds(train)
     if evaluate is not None:
         costs.evaluation_s["train"] = evaluate()
-    for split in ops:
+    for split, op in ops.items():
         if split != "train":
-            ratio = (examples or {}).get(split, 1) / max((examples or {}).get("train", 1), 1)
-            for table in (costs.product_s, costs.gradient_s, costs.evaluation_s):
+            # one product, not repeated: a first product is at least as slow as a warm
+            # one, and time is not proportional to examples (fixed costs per pass)
+            V = _unit_columns(op, 1, seed)
+            t0 = time.perf_counter()
+            op.matmat(V)
+            _sync(op.device)
+            costs.product_s[split] = time.perf_counter() - t0
+            ratio = costs.product_s[split] / costs.product_s["train"]
+            for table in (costs.gradient_s, costs.evaluation_s):
                 if "train" in table:
                     table[split] = table["train"] * ratio
     if per_layer_width >= 2:

@@ -15,9 +15,10 @@ and for per-layer spectra the extra cost of a column in a multi-column product).
   :data:`DEFAULT_BUDGET_S` (times :data:`PER_LAYER_FACTOR` with per-layer spectra);
 * a budget below the caps' time is shared by weight (:data:`WEIGHTS`; the test split at
   half weight) with water-filling: a metric whose cap is below its share takes its cap
-  and the rest is shared again; a metric whose share is below its least useful size
+  and the rest is shared again; while a metric's share is below its least useful size
   (Lanczos ``max(2k, 10)`` products, Hutch++ 4, SLQ 10 steps, a 5 x 5 landscape grid,
-  3 per-layer steps) gets nothing and is reported as ``skipped: budget``;
+  3 per-layer steps), a metric gets nothing and is reported as ``skipped: budget``: the
+  test split's metrics first (least weighted first), then the failing metric itself;
 * while the analysis runs, the products a metric did not spend (Lanczos stops when it
   has converged) pass on to the metrics after it (:meth:`Plan.grant`), up to their caps.
 
@@ -196,14 +197,31 @@ class Plan:
             return item.seconds / item.planned if item.planned else 0.0
         return self.costs.product_s[item.split]
 
-    def grant(self, name: str) -> Item:
+    def grant(self, name: str, elapsed: float | None = None) -> Item:
         """The item ``name`` with its settings for now: its planned share plus what the
-        items before it left unspent, up to its cap."""
+        items before it left unspent, up to its cap.
+
+        ``elapsed``: wall seconds since the analysis started. Under a given budget, when
+        fewer seconds are left than the planned seconds of this and the later items
+        (products ran slower than measured), this item gets its share of what is left
+        instead, and is skipped if that is too little to run (a default budget is
+        never cut this way, so runs on small models do not depend on the clock).
+        """
         it = self[name]
         if it.status == "skipped: budget":
             return it
         it.granted_s = it.seconds + max(self._carry, 0.0)
         it.granted = it.planned
+        ahead = sum(x.seconds for x in self.items[self.items.index(it):]
+                    if x.status == "planned")
+        left = self.budget_s - elapsed if elapsed is not None else math.inf
+        if self.budget_rule == "given" and left < ahead:
+            it.granted_s = it.seconds * max(left, 0.0) / ahead
+            settings, units, _ = self._sizers[name](it.granted_s)
+            it.settings, it.granted = settings, units
+            if settings is None:
+                it.status, it.granted_s = "skipped: budget", 0.0
+            return it
         settings, units, _ = self._sizers[name](it.granted_s)
         if settings is not None and units >= it.planned:
             it.settings, it.granted = settings, units
@@ -345,15 +363,18 @@ def make_plan(
 
 
 def _allocate(items: list[Item], sizers, total: float) -> None:
-    """Water-filling of ``total`` seconds by weight, capped at each item's cap; items
-    that cannot run on their share are dropped (the least weighted, latest first)."""
+    """Water-filling of ``total`` seconds by weight, capped at each item's cap; while an
+    item cannot run on its share, a test-split item or the failing item is dropped."""
     active = list(items)
     while True:
         shares = _water_fill(active, total)
         failing = [it for it in active if sizers[it.name](shares[it.name])[0] is None]
         if not failing:
             break
-        drop = min(failing, key=lambda it: (it.weight, -items.index(it)))
+        # the test split's metrics give way to any failing one; a training metric is
+        # dropped only when it fails itself (the least weighted, the latest first)
+        candidates = [it for it in active if it.split != "train" or it in failing]
+        drop = min(candidates, key=lambda it: (it.split == "train", it.weight, -items.index(it)))
         active.remove(drop)
     for it in items:
         if it in active:
