@@ -96,12 +96,15 @@ def bench(key: str, tasks: list[str], repeats: int) -> None:
         }
     runs = interleaved(jobs, repeats, long_s=60, timeout_s=600, log=print)
     g = statistics.median(runs["gradient"].seconds)
+    if "hvp" not in tasks:
+        runs = {}
     rows = [("task", "median ms", "gradients", "pyhessian / this")]
     for name, run in runs.items():
         t = statistics.median(run.seconds)
         ratio = (statistics.median(runs["pyhessian"].seconds) / t) if "pyhessian" in runs else np.nan
         rows.append((name, f"{1e3 * t:.1f}", f"{t / g:.2f}", f"{ratio:.2f}"))
-    _table(f"[{key}] one product ({repeats} repeats)", rows)
+    if runs:
+        _table(f"[{key}] one product ({repeats} repeats)", rows)
 
     if "lmax" in tasks:
         ref = float(eigsh(warm.to_scipy(), k=1, which="LA", tol=1e-8,
