@@ -45,7 +45,7 @@ from curvature.kept_data import DataKeeper
 
 __all__ = [
     "DataLoop", "NonFiniteLossError", "all_reduce_sum", "eval_mode", "is_distributed",
-    "state_versions",
+    "state_tensors", "state_versions",
 ]
 
 Step = Callable[[int, Any], "tuple[Tensor, Tensor | None]"]
@@ -71,16 +71,25 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     """Put every submodule in eval mode and restore each one's own flag afterwards."""
     modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
+        if any(training for _, training in modes):  # the walk of model.eval() costs ~1-2 ms
+            model.eval()
         yield
     finally:
         for m, training in modes:
             m.training = training
 
 
-def state_versions(model: nn.Module) -> list[int]:
-    """Version counters of the model's parameters and buffers (in-place writes bump them)."""
-    return [t._version for t in (*model.parameters(), *model.buffers())]
+def state_tensors(model: nn.Module) -> list[Tensor]:
+    """The model's parameters and buffers (whose versions :func:`state_versions` reads)."""
+    return [*model.parameters(), *model.buffers()]
+
+
+def state_versions(model: nn.Module | list[Tensor]) -> list[int]:
+    """Version counters of the model's parameters and buffers (in-place writes bump them);
+    a list of tensors (:func:`state_tensors`, collected once) is read without walking the
+    module tree again (0.8 ms per pass on a ResNet-20)."""
+    tensors = model if isinstance(model, list) else state_tensors(model)
+    return [t._version for t in tensors]
 
 
 class DataLoop:
@@ -95,7 +104,10 @@ class DataLoop:
         model: put in eval mode during every pass (its flags restored) and checked
             not to have been modified since this loop was built (``None``: neither).
         first_batch: called as ``first_batch(batch, num_batches)`` on the first batch
-            of a pass until it returns without raising (the loss-reduction check).
+            of a pass until that pass's first step completes without raising (the
+            loss-reduction check). It may return a callable ``finish()``, called after
+            the step of that batch: a check the step itself can do on the forward it runs
+            anyway defers to it and finishes whatever is left.
         cache_data: for a streamed iterable: ``None`` keeps the (moved) first pass when
             it fits ``max_data_bytes`` and the second pass shows that keeping it is
             exact (:mod:`curvature.kept_data`), ``True`` keeps it unchecked (still
@@ -124,6 +136,7 @@ class DataLoop:
         self.dtype = dtype
         self.model = model
         self._first_batch = first_batch
+        self._finish: Callable[[], None] | None = None
         batches = as_batches(data)
         self.streamed = not isinstance(batches, (list, tuple))
         """Whether the batches are re-read (and moved) on every pass."""
@@ -138,7 +151,8 @@ class DataLoop:
             self.batches = [self._move(b) for b in batches]
             if not self.batches:
                 raise ValueError("data is empty: no batches to compute the loss on")
-        self._versions = state_versions(model) if model is not None else None
+        self._state = state_tensors(model) if model is not None else []
+        self._versions = state_versions(self._state) if model is not None else None
 
     def _move(self, batch: Any) -> Any:
         return batch if self.device is None else to_device(batch, self.device, self.dtype)
@@ -202,7 +216,7 @@ class DataLoop:
         if self.model is None:
             yield
             return
-        if state_versions(self.model) != self._versions:
+        if state_versions(self._state) != self._versions:
             raise RuntimeError(
                 "the model's parameters or buffers were modified after this operator was "
                 "built; an operator is taken at the parameters it was built with, so build "
@@ -218,10 +232,18 @@ class DataLoop:
         if progress and total != 1:
             batches = tqdm(batches, total=total, desc=desc, leave=False)
         for i, batch in enumerate(batches):
-            if self._first_batch is not None:
-                self._first_batch(batch, total)
-                self._first_batch = None
+            hook = self._first_batch
+            self._finish = hook(batch, total) if hook is not None else None
             yield i, batch
+            if hook is not None:  # the step of the first batch returned
+                self._finish_first_batch()
+                self._first_batch = None
+
+    def _finish_first_batch(self) -> None:
+        """Run what the first-batch hook left for after the step (once)."""
+        finish, self._finish = self._finish, None
+        if finish is not None:
+            finish()
 
     def accumulate(
         self,
@@ -246,7 +268,13 @@ class DataLoop:
         count, seen, losses = 0, 0, []
         with self.session():
             for i, batch in self.iterate(progress, desc):
-                contribution, loss = step(i, batch)
+                try:
+                    contribution, loss = step(i, batch)
+                except Exception:
+                    # a wrong loss declaration explains a failing step better than the
+                    # step's own error: finish the first-batch check before re-raising
+                    self._finish_first_batch()
+                    raise
                 w = self.weight(batch) if weighted else 1
                 total.add_(contribution, alpha=w)
                 count += w

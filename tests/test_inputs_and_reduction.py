@@ -407,3 +407,27 @@ if __name__ == "__main__":  # one rank of test_sum_reduction_all_reduces_over_ra
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def test_reduction_check_rides_on_the_first_forward():
+    """The declaration check of a fresh exact product uses that product's own forward of
+    the first batch (one forward per batch, not one extra), still refuses a summed loss
+    declared as a mean, and checks again on the next pass after a refusal; the product
+    equals the float64 dense Hessian times v."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    X, Y = torch.randn(9, 3, dtype=torch.float64), torch.randn(9, 2, dtype=torch.float64)
+    data = [(X[:4], Y[:4]), (X[4:], Y[4:])]
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    n = sum(p.numel() for p in model.parameters())
+    v = torch.randn(n, dtype=torch.float64)
+    op = cv.HessianOperator(model, nn.MSELoss(), data, cache_graphs=False)
+    hv = op @ v
+    assert len(calls) == 2  # two batches, two forwards
+    H = cv.dense_hessian(model, nn.MSELoss(), data)
+    assert float((hv - H @ v).norm() / (H @ v).norm()) < 1e-12
+    bad = cv.HessianOperator(model, nn.MSELoss(reduction="sum"), data)
+    for _ in range(2):  # refused on every pass, not only the first
+        with pytest.raises(ValueError, match="sums over its batch"):
+            bad @ v
