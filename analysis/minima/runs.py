@@ -17,7 +17,6 @@ from torch import Tensor, nn
 
 import curvature as cv
 from analysis.minima.config import OPTIMIZERS, Settings, Workload, lr_grid
-from curvature.errors import NonFiniteLossError
 from curvature.sharpness import adaptive_sharpness
 from curvature.train import evaluate, make_optimizer
 
