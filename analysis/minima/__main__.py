@@ -30,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
                                 "from the CSVs in --out (no training)")
     p.add_argument("--workloads", nargs="*", default=None, help=f"subset of {list(WORKLOADS)}")
     p.add_argument("--optimizers", nargs="*", default=None, help="subset of the labels")
+    p.add_argument("--seed-list", nargs="*", type=int, default=None,
+                   help="run only these seeds (to split a workload over processes; use "
+                        "with --lr-from and --tag)")
+    p.add_argument("--lr-from", default=None,
+                   help="take the chosen learning rates from this lr_selection CSV "
+                        "instead of selecting them again")
+    p.add_argument("--tag", default="", help="suffix of this process's runs/meta files")
     args = p.parse_args(argv)
     cfg = QUICK if args.quick else Settings()
     if args.seeds:
@@ -43,18 +50,25 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         warnings.filterwarnings("ignore", message=".*create_graph=True.*")
         for wl_name in cfg.workloads:
-            run_workload(wl_name, cfg, out)
+            run_workload(wl_name, cfg, out, args.seed_list, args.lr_from, args.tag)
     return rebuild(out, args.quick)
 
 
-def run_workload(wl_name: str, cfg: Settings, out: Path) -> None:
-    """LR selection, then the paired seeded runs of one workload; CSVs written as they
-    grow, ``meta_<wl>.json`` (command, runtime, settings) at the end."""
+def run_workload(wl_name: str, cfg: Settings, out: Path, seeds: list[int] | None = None,
+                 lr_from: str | None = None, tag: str = "") -> None:
+    """LR selection (or the choice read from ``lr_from``), then the paired seeded runs of
+    one workload; CSVs written as they grow, ``meta_<wl><tag>.json`` (command, runtime,
+    settings) at the end."""
     timer = Timer()
     wl = WORKLOADS[wl_name]
     ds = cv.load_dataset(wl.data)
     lr_rows, chosen = [], {}
-    for opt in cfg.optimizers:
+    if lr_from is not None:
+        sel = pd.read_csv(lr_from)
+        sel = sel[sel.workload == wl_name]
+        chosen = {o: chosen_lr(sel[sel.optimizer == o].to_dict("records"))
+                  for o in cfg.optimizers}
+    for opt in ([] if lr_from is not None else cfg.optimizers):
         rows = select_lr(wl_name, wl, ds, opt, cfg)
         lr_rows += rows
         chosen[opt] = chosen_lr(rows)
@@ -63,7 +77,7 @@ def run_workload(wl_name: str, cfg: Settings, out: Path) -> None:
               flush=True)
         pd.DataFrame(lr_rows).to_csv(out / f"lr_selection_{wl_name}.csv", index=False)
     runs = []
-    for seed in range(cfg.seeds):
+    for seed in (range(cfg.seeds) if seeds is None else seeds):
         for opt in cfg.optimizers:
             rows = final_runs(wl_name, wl, ds, opt, chosen[opt], seed, cfg)
             runs += rows
@@ -73,10 +87,10 @@ def run_workload(wl_name: str, cfg: Settings, out: Path) -> None:
                   f"{b.get('lambda_max_train', float('nan')):.4g} (budget), "
                   f"{e.get('lambda_max_train', float('nan')):.4g} (equal loss, step "
                   f"{e['steps_to_target']})", flush=True)
-            pd.DataFrame(runs).to_csv(out / f"runs_{wl_name}.csv", index=False)
+            pd.DataFrame(runs).to_csv(out / f"runs_{wl_name}{tag}.csv", index=False)
     meta = {"command": command_line(), "runtime_s": timer.elapsed,
             "settings": {k: v for k, v in vars(cfg).items() if k != "workloads"}}
-    write_atomic(out / f"meta_{wl_name}.json", json.dumps(meta, indent=1, default=str))
+    write_atomic(out / f"meta_{wl_name}{tag}.json", json.dumps(meta, indent=1, default=str))
 
 
 if __name__ == "__main__":

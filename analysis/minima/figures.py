@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -20,6 +21,12 @@ POINT_LABELS = {"budget": "fixed budget", "equal_loss": "equal training loss"}
 SHORT = {"alpha-SAM (a=2)": "a-SAM a=2", "AntiSAM (a=-1)": "AntiSAM a=-1",
          "alpha-SAM (rho<0, a=-1)": "a-SAM rho<0 a=-1", "DiagHessianSGD": "DiagHess-SGD",
          "AdaHessian": "AdaHessian"}
+
+
+def _log_ticks(axis) -> None:
+    """Plain-number major labels (``0.003``, ``2``) and no minor labels on a log axis."""
+    axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(mticker.NullFormatter())
 
 
 def fig_seeds(df: pd.DataFrame, wl: str, out: Path, order: list[str],
@@ -55,6 +62,7 @@ def fig_seeds(df: pd.DataFrame, wl: str, out: Path, order: list[str],
                     ax.text(k, 0.02, f"{missing} missing", transform=ax.get_xaxis_transform(),
                             ha="center", va="bottom", fontsize=7, color="grey")
             ax.set_yscale("log")
+            _log_ticks(ax.yaxis)
             ax.set_xticks(range(len(order)))
             ax.set_xticklabels([SHORT.get(o, o) for o in order], rotation=30, ha="right",
                                fontsize=8)
@@ -69,8 +77,8 @@ def fig_seeds(df: pd.DataFrame, wl: str, out: Path, order: list[str],
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8,
                frameon=False)
     fig.suptitle(f"{wl}: per-seed values (same colour = same seed = same init and batches)",
-                 y=0.995 - 0.35 / fig.get_figheight(), fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))
+                 y=1 - 0.3 / fig.get_figheight(), fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
     name = f"{wl}_seeds.png"
     fig.savefig(out / name, dpi=80)
     plt.close(fig)
@@ -85,8 +93,8 @@ def fig_forest(comp: pd.DataFrame, out: Path, metrics: list[str]) -> str:
     wls = list(dict.fromkeys(c.workload))
     labels = list(dict.fromkeys(f"{SHORT.get(r.a, r.a)} / {SHORT.get(r.b, r.b)}"
                                 for r in c.itertuples()))
-    fig, axes = plt.subplots(1, len(wls), figsize=(4.2 * len(wls) + 1.5, 0.9 * len(labels)
-                                                   * len(metrics) * 0.5 + 1.8),
+    fig, axes = plt.subplots(1, len(wls), figsize=(max(4.2 * len(wls) + 1.5, 7.5),
+                                                   0.45 * len(labels) * len(metrics) + 1.6),
                              sharex=True, sharey=True, squeeze=False)
     marks = {"budget": "o", "equal_loss": "s"}
     colours = dict(zip(metrics, plt.cm.tab10.colors))
@@ -106,6 +114,7 @@ def fig_forest(comp: pd.DataFrame, out: Path, metrics: list[str]) -> str:
                     mfc=col if sig else "white")
         ax.axvline(1.0, color="k", lw=0.8)
         ax.set_xscale("log")
+        _log_ticks(ax.xaxis)
         ax.set_title(wl, fontsize=10)
         ax.set_yticks(range(len(labels)))
         ax.set_yticklabels(labels, fontsize=8)
@@ -119,7 +128,7 @@ def fig_forest(comp: pd.DataFrame, out: Path, metrics: list[str]) -> str:
     handles.append(plt.Line2D([], [], color="grey", ls="", marker="o", mfc="white",
                               label="BH p > 0.05 (hollow)"))
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.tight_layout(rect=(0, 0.9 / fig.get_figheight(), 1, 1))
     name = "paired_ratios.png"
     fig.savefig(out / name, dpi=80)
     plt.close(fig)
@@ -132,7 +141,8 @@ def fig_scatter(df: pd.DataFrame, out: Path, order: list[str], targets: dict[str
     workload; runs above the target loss (not minima) hollow grey."""
     d = df[(df.point == "budget") & (df.status == "ok")]
     wls = [w for w in targets if w in set(d.workload)]
-    fig, axes = plt.subplots(1, len(wls), figsize=(4.2 * len(wls), 3.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(wls), figsize=(max(4.2 * len(wls), 8), 4.2),
+                             squeeze=False)
     colours = dict(zip(order, plt.cm.tab10.colors))
     for ax, wl in zip(axes[0], wls):
         w = d[d.workload == wl]
@@ -145,12 +155,13 @@ def fig_scatter(df: pd.DataFrame, out: Path, order: list[str], targets: dict[str
             ax.scatter(rest[metric], rest.test_accuracy, s=18, facecolors="none",
                        edgecolors=colours[o], alpha=0.6)
         ax.set_xscale("log")
+        _log_ticks(ax.xaxis)
         ax.set_title(f"{wl} (hollow: train loss > {targets[wl]})", fontsize=9)
         ax.set_xlabel(METRIC_LABELS[metric], fontsize=8)
         ax.set_ylabel("test accuracy", fontsize=8)
         ax.grid(alpha=0.3, which="both")
-    fig.legend(loc="lower center", ncol=len(order), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.09, 1, 1))
+    fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
     name = f"accuracy_vs_{metric}.png"
     fig.savefig(out / name, dpi=80)
     plt.close(fig)

@@ -40,7 +40,10 @@ def load(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     metas = {f.stem[5:]: json.loads(f.read_text()) for f in sorted(out.glob("meta_*.json"))}
     if not runs:
         raise FileNotFoundError(f"no runs_*.csv in {out}")
-    return pd.concat(runs, ignore_index=True), pd.concat(lrs, ignore_index=True), metas
+    df = pd.concat(runs, ignore_index=True)
+    # a workload split over processes may repeat a run at the split: keep the first
+    df = df.drop_duplicates(["workload", "optimizer", "seed", "point"], keep="first")
+    return df.reset_index(drop=True), pd.concat(lrs, ignore_index=True), metas
 
 
 def geomean_table(df: pd.DataFrame) -> pd.DataFrame:
