@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="take the chosen learning rates from this lr_selection CSV "
                         "instead of selecting them again")
     p.add_argument("--tag", default="", help="suffix of this process's runs/meta files")
+    p.add_argument("--noise-alignment", action="store_true",
+                   help="only run the SGD noise / Gauss-Newton alignment check on digits-mlp "
+                        "(noise_alignment.csv), then rebuild")
     args = p.parse_args(argv)
     cfg = QUICK if args.quick else Settings()
     if args.seeds:
@@ -47,7 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg.optimizers = args.optimizers
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not args.report_only:
+    if args.noise_alignment:
+        from analysis.minima.noise_alignment import run
+
+        sel = pd.read_csv(out / "lr_selection_digits-mlp.csv")
+        lr = chosen_lr(sel[sel.optimizer == "SGD"].to_dict("records"))
+        nrows = run(cfg.seeds, lr, 1000 if not args.quick else 100, cfg.epochs_scale)
+        pd.DataFrame(nrows).to_csv(out / "noise_alignment.csv", index=False)
+    elif not args.report_only:
         warnings.filterwarnings("ignore", message=".*create_graph=True.*")
         for wl_name in cfg.workloads:
             run_workload(wl_name, cfg, out, args.seed_list, args.lr_from, args.tag)

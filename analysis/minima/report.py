@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.harness.report import finish_report, markdown_table, png_sizes
+from analysis.harness.stats import paired_comparison
 from analysis.harness.timing import Timer
 from analysis.minima.compare import claims_rows, comparison_table, correlation_table
 from analysis.minima.config import (
@@ -32,6 +33,21 @@ NOT_TESTABLE = [{
     "matched points; not built in this round", "effect": math.nan, "ci_low": math.nan,
     "ci_high": math.nan, "p_value": math.nan, "p_adjusted": math.nan, "n_seeds": 0,
     "verdict": "not testable at this scale"}]
+
+
+def noise_rows(noise: pd.DataFrame | None) -> list[dict]:
+    """The ledger row of the SGD-noise / GGN alignment claim (``not testable`` without
+    ``noise_alignment.csv``): paired difference ``cos(Sigma, G) - cos(Sigma, Q G Q^T)``."""
+    if noise is None or len(noise.dropna(subset=["cos_sigma_ggn"])) < 2:
+        return NOT_TESTABLE
+    n = noise.dropna(subset=["cos_sigma_ggn", "cos_sigma_rotated"])
+    r = paired_comparison(n.cos_sigma_ggn.to_numpy(), n.cos_sigma_rotated.to_numpy(), log=False)
+    return [{"claim": "sgdhess-noise-aligns-with-ggn", "seed_file": "sam-hessian-sgdhess.md",
+             "workload": "digits-mlp", "metric": "cos(Sigma, G), Frobenius, at SGD solutions",
+             "comparison": "cos(Sigma, G) vs cos(Sigma, Q G Q^T) (G with Haar-random "
+             "eigenvectors), difference, paired by seed (expect greater)",
+             "effect": r.effect, "ci_low": r.ci_low, "ci_high": r.ci_high,
+             "p_value": r.p_ttest, "p_adjusted": math.nan, "n_seeds": r.n, "verdict": ""}]
 
 
 def load(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -75,7 +91,9 @@ def rebuild(out: Path, quick: bool) -> int:
         corr = correlation_table(df)
     comp.to_csv(out / "comparisons.csv", index=False)
     corr.to_csv(out / "correlations.csv", index=False)
-    rows = claims_rows(comp, corr, NOT_TESTABLE)
+    noise = (pd.read_csv(out / "noise_alignment.csv")
+             if (out / "noise_alignment.csv").exists() else None)
+    rows = claims_rows(comp, corr, noise_rows(noise))
     rows.to_csv(out / "claims_rows.csv", index=False)
     summary = geomean_table(df)
     summary.to_csv(out / "summary.csv", index=False)
@@ -84,6 +102,8 @@ def rebuild(out: Path, quick: bool) -> int:
     forest = fig_forest(comp, out, PRIMARY)
     scatter = fig_scatter(df, out, order, {w: WORKLOADS[w].target_loss for w in wls})
     body = _body(df, lrs, comp, corr, rows, summary, figs, forest, scatter, wls, quick)
+    if noise is not None:
+        body += _noise_md(noise)
     runtime = sum(m.get("runtime_s", 0.0) for m in metas.values()) or None
     cmds = sorted({m["command"] for m in metas.values()}) if metas else None
     finish_report(out, body, timer, quick, runtime_s=runtime,
@@ -91,6 +111,16 @@ def rebuild(out: Path, quick: bool) -> int:
                   note="Runtime is the sum over the workloads' processes." if metas else "")
     print(f"wrote {out / 'report.md'}; PNG sizes {png_sizes(out)}")
     return 0
+
+
+def _noise_md(noise: pd.DataFrame) -> str:
+    from analysis.minima import noise_alignment
+
+    doc = noise_alignment.__doc__.split("\n\n", 1)[1].strip()
+    cols = ["seed", "lr", "train_loss_here", "cos_sigma_ggn", "cos_sigma_rotated",
+            "cos_sigma_identity", "examples", "params"]
+    return "\n".join(["", "## Does SGD's noise covariance align with the Gauss-Newton matrix?",
+                       "", doc, "", markdown_table(noise, "{:.4g}", columns=cols), ""])
 
 
 def _fmt_cmp(c: pd.DataFrame) -> pd.DataFrame:
