@@ -37,6 +37,7 @@ from curvature.operators import (
     HessianOperator,
     dense_hessian,
 )
+from curvature.sharpness import SharpnessResult, adaptive_sharpness
 from curvature.results import (
     ConvergenceWarning,
     DiagonalResult,
@@ -71,8 +72,10 @@ __all__ = [
     "NonFiniteError",
     "NonFiniteProductError",
     "NonFiniteLossError",
+    "SharpnessResult",
     "SpectralDensity",
     "TraceResult",
+    "adaptive_sharpness",
     "build_model",
     "count_parameters",
     "dense_hessian",
