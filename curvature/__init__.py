@@ -37,7 +37,6 @@ from curvature.operators import (
     HessianOperator,
     dense_hessian,
 )
-from curvature.sharpness import SharpnessResult, adaptive_sharpness
 from curvature.results import (
     ConvergenceWarning,
     DiagonalResult,
@@ -45,6 +44,7 @@ from curvature.results import (
     SpectralDensity,
     TraceResult,
 )
+from curvature.sharpness import SharpnessResult, adaptive_sharpness
 
 __version__ = "0.1.0"
 
