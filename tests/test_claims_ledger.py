@@ -39,14 +39,17 @@ def test_ledger_adjusts_over_all_reports_and_decides(tmp_path):
          _row("c3", "x vs y (expect equivalent within 1.25x)", 0.01, 0.05, 0.7)]
     b = [_row("c4", "no expectation written", 0.4, 0.1, 0.02, verdict="holds"),
          _row("c5", "x vs y (expect less)", -0.3, 0.4, 0.04),
-         _row("c6", "n/a", math.nan, math.nan, math.nan, "not testable at this scale")]
+         _row("c6", "n/a", math.nan, math.nan, math.nan, "not testable at this scale"),
+         _row("c7", "no expectation", 0.5, 0.2, 0.045, verdict="holds"),
+         {**_row("c8", "a count", 1.0, math.nan, math.nan, verdict="does not hold"),
+          "ci_low": math.nan, "ci_high": math.nan}]
     _write(tmp_path / "one", a)
     _write(tmp_path / "two", b)
     _write(tmp_path / "claims", [_row("stale", "(expect less)", 1, 1, 0.5)])  # excluded
     ledger = build(tmp_path, tmp_path / "claims").set_index("claim")
     assert "stale" not in ledger.index
-    p = np.array([0.001, 0.002, 0.7, 0.02, 0.04])
-    adj = dict(zip(["c1", "c2", "c3", "c4", "c5"], benjamini_hochberg(p)))
+    p = np.array([0.001, 0.002, 0.7, 0.02, 0.04, 0.045])
+    adj = dict(zip(["c1", "c2", "c3", "c4", "c5", "c7"], benjamini_hochberg(p)))
     for c, v in adj.items():
         assert ledger.loc[c, "p_adjusted"] == pytest.approx(v)
     assert math.isnan(ledger.loc["c6", "p_adjusted"])
@@ -56,8 +59,10 @@ def test_ledger_adjusts_over_all_reports_and_decides(tmp_path):
     assert ledger.loc["c4", "verdict"] == "holds"  # direction kept from its own verdict
     assert ledger.loc["c5", "verdict"] == "inconclusive"  # adjusted 0.04 but CI crosses 0
     assert ledger.loc["c6", "verdict"] == "not testable at this scale"
+    assert adj["c7"] > 0.05 and ledger.loc["c7", "verdict"] == "inconclusive"  # downgraded
+    assert ledger.loc["c8", "verdict"] == "does not hold"  # a count: its report's verdict
     written = pd.read_csv(tmp_path / "claims" / "claims.csv")
-    assert list(written.columns) == COLUMNS and len(written) == 6
+    assert list(written.columns) == COLUMNS and len(written) == 8
     md = (tmp_path / "claims" / "report.md").read_text()
     assert "](../one/report.md)" in md and "](../two/claims_rows.csv)" in md
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.claims.quotes import FILE_QUOTES, LARGER_SCALE, QUOTES
+from analysis.claims.quotes import LARGER_SCALE, quote_for
 from analysis.claims.rules import VERDICTS, ledger_verdict
 from analysis.harness.report import markdown_table, write_atomic
 from analysis.harness.stats import benjamini_hochberg
@@ -111,10 +111,10 @@ def write_report(ledger: pd.DataFrame, out: Path) -> Path:
                             "inconclusive", "not testable at this scale")}})
     md += [markdown_table(pd.DataFrame(summary)), ""]
     for (seed_file, claim), g in ledger.groupby(["seed_file", "claim"], sort=False):
-        quote = QUOTES.get(claim, (seed_file, FILE_QUOTES.get(seed_file, "")))[1]
-        md += [f"### `{claim}` ({seed_file})", ""]
+        quote, exact = quote_for(claim, seed_file)
+        md += [f"### {claim} (`{seed_file}`)", ""]
         if quote:
-            md += [f"> {quote}", "", f"-- `{seed_file}`" + ("" if claim in QUOTES else
+            md += [f"> {quote}", "", f"-- `{seed_file}`" + ("" if exact else
                    " (the file's headline; the claim is stated in the linked report)"), ""]
         sources = sorted(set(g.source))
         md += ["Experiment: " + ", ".join(f"[`reports/{s}/`](../{s}/report.md) "

@@ -15,9 +15,11 @@ Benjamini-Hochberg adjusted p-value:
   otherwise (the p-value, of the difference, does not decide);
 - a row whose verdict is ``not testable at this scale`` keeps it (no p-value).
 
-A row without ``(expect ...)`` keeps the direction of the verdict it arrived with
-(``holds``: the sign of its effect; ``does not hold``: the opposite sign) and is
-re-decided with the ledger's adjusted p-value; an ``inconclusive`` one stays so.
+A row without ``(expect ...)`` was decided by its own report's rule (which may not be a
+directional test, e.g. an equivalence margin or a count): it keeps that verdict, except
+that a ``holds``/``does not hold`` resting on a significant directional effect (finite
+p-value, interval excluding 0) whose ledger-adjusted p-value exceeds 0.05 becomes
+``inconclusive``. A row with no p-value keeps its verdict.
 """
 
 from __future__ import annotations
@@ -73,19 +75,23 @@ def expectation(comparison: str) -> tuple[str, float] | None:
 
 def ledger_verdict(row: Any, p_adjusted: float) -> str:
     """The verdict of a ledger row (attributes ``comparison``, ``effect``, ``ci_low``,
-    ``ci_high``, ``verdict``) given its adjusted p-value; see the module docstring."""
-    if str(getattr(row, "verdict", "")) == "not testable at this scale":
-        return "not testable at this scale"
+    ``ci_high``, ``p_value``, ``verdict``) given its adjusted p-value; see the module
+    docstring."""
+    given = str(getattr(row, "verdict", ""))
+    if given == "not testable at this scale":
+        return given
     effect, lo, hi = float(row.effect), float(row.ci_low), float(row.ci_high)
+    if expectation(row.comparison) is None and not math.isfinite(float(row.p_value)):
+        return given or "inconclusive"  # decided by its report without a test (a count)
     if not (math.isfinite(effect) and math.isfinite(lo) and math.isfinite(hi)):
         return "inconclusive"
     exp = expectation(row.comparison)
     if exp is None:
-        old = str(getattr(row, "verdict", ""))
-        if old not in ("holds", "does not hold") or effect == 0:
+        old = str(getattr(row, "verdict", "")) or "inconclusive"
+        directional = math.isfinite(float(row.p_value)) and (lo > 0 or hi < 0)
+        if old in ("holds", "does not hold") and directional and not p_adjusted <= ALPHA:
             return "inconclusive"
-        positive = (effect > 0) == (old == "holds")
-        exp = ("greater" if positive else "less", math.nan)
+        return old
     if exp[0] == "equivalent":
         return equivalence_verdict(lo, hi, exp[1])
     return verdict_from(effect, lo, hi, p_adjusted, exp[0])
