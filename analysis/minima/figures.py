@@ -24,7 +24,9 @@ SHORT = {"alpha-SAM (a=2)": "a-SAM a=2", "AntiSAM (a=-1)": "AntiSAM a=-1",
 
 
 def _log_ticks(axis) -> None:
-    """Plain-number major labels (``0.003``, ``2``) and no minor labels on a log axis."""
+    """Plain-number labels at 1, 2, 5 x 10^k (``0.002``, ``5``), no minor labels, on a
+    log axis."""
+    axis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(mticker.NullFormatter())
 
@@ -94,7 +96,7 @@ def fig_forest(comp: pd.DataFrame, out: Path, metrics: list[str]) -> str:
     labels = list(dict.fromkeys(f"{SHORT.get(r.a, r.a)} / {SHORT.get(r.b, r.b)}"
                                 for r in c.itertuples()))
     fig, axes = plt.subplots(1, len(wls), figsize=(max(4.2 * len(wls) + 1.5, 7.5),
-                                                   0.45 * len(labels) * len(metrics) + 1.6),
+                                                   0.4 * len(labels) * len(metrics) + 1.5),
                              sharex=True, sharey=True, squeeze=False)
     marks = {"budget": "o", "equal_loss": "s"}
     colours = dict(zip(metrics, plt.cm.tab10.colors))
@@ -128,7 +130,7 @@ def fig_forest(comp: pd.DataFrame, out: Path, metrics: list[str]) -> str:
     handles.append(plt.Line2D([], [], color="grey", ls="", marker="o", mfc="white",
                               label="BH p > 0.05 (hollow)"))
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.9 / fig.get_figheight(), 1, 1))
+    fig.tight_layout(rect=(0, 0.75 / fig.get_figheight(), 1, 1))
     name = "paired_ratios.png"
     fig.savefig(out / name, dpi=80)
     plt.close(fig)
