@@ -123,6 +123,18 @@ def _noise_md(noise: pd.DataFrame) -> str:
                        "", doc, "", markdown_table(noise, "{:.4g}", columns=cols), ""])
 
 
+def _glance(comp: pd.DataFrame) -> pd.DataFrame:
+    mark = {"holds": "H", "does not hold": "X", "inconclusive": "?"}
+    t = _fmt_cmp(comp[comp.primary])
+    t["cell"] = [f"{r.split(' [')[0]} {mark[v]}" for r, v in zip(t["ratio (95% CI)"], t.verdict)]
+    t["column"] = [f"{w} ({'equal loss' if p == 'equal_loss' else 'budget'})"
+                   for w, p in zip(t.workload, t.point)]
+    t["claim / metric"] = [f"{c}: {m}" for c, m in zip(t.comparison, t.metric)]
+    out = t.pivot_table(index="claim / metric", columns="column", values="cell",
+                        aggfunc="first", sort=False)
+    return out.reset_index()
+
+
 def _fmt_cmp(c: pd.DataFrame) -> pd.DataFrame:
     t = c.copy()
     t["comparison"] = [f"{r.a} / {r.b}" for r in t.itertuples()]
@@ -213,7 +225,12 @@ def _body(df, lrs, comp, corr, rows, summary, figs, forest, scatter, wls, quick)
                                                  "train_loss": "{:.3f}", "lr": "{:g}"}), ""]
     for wl in wls:
         md += [f"![{wl} per seed]({figs[wl]})", ""]
-    md += ["## Paired comparisons", "",
+    md += ["## Verdicts at a glance", "",
+           "Primary metrics: geometric-mean ratio a / b over the paired seeds (SAM vs SGD "
+           "accuracy: difference in points) and the verdict after Benjamini-Hochberg over "
+           "every test in this report (H holds, X does not hold, ? inconclusive).", "",
+           markdown_table(_glance(comp), "{:.3g}"), "",
+           "## Paired comparisons", "",
            f"![paired ratios]({forest})", "",
            "Primary metrics (filled markers in the figure: BH p <= 0.05):", ""]
     cols = ["workload", "point", "comparison", "metric", "n", "ratio (95% CI)", "p_t",
