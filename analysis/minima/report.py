@@ -105,10 +105,14 @@ def rebuild(out: Path, quick: bool) -> int:
     if noise is not None:
         body += _noise_md(noise)
     runtime = sum(m.get("runtime_s", 0.0) for m in metas.values()) or None
-    cmds = sorted({m["command"] for m in metas.values()}) if metas else None
-    finish_report(out, body, timer, quick, runtime_s=runtime,
-                  command="\n".join(cmds) if cmds else None,
-                  note="Runtime is the sum over the workloads' processes." if metas else "")
+    cmds = sorted({m["command"] for m in metas.values()})
+    canonical = ("OMP_NUM_THREADS=1 python -m analysis.minima" + (" --quick" if quick else "")
+                 + "\npython -m analysis.minima --noise-alignment   # the Sigma-vs-GGN check"
+                 + "\npython -m analysis.minima --report-only       # rebuild from the CSVs")
+    note = ("Runtime is the sum over the processes that wrote the CSVs ("
+            + "; ".join(f"`{c}`" for c in cmds) + "), on a machine shared with other jobs."
+            if cmds else "")
+    finish_report(out, body, timer, quick, runtime_s=runtime, command=canonical, note=note)
     print(f"wrote {out / 'report.md'}; PNG sizes {png_sizes(out)}")
     return 0
 
