@@ -147,3 +147,11 @@ def test_minima_quick_feeds_the_ledger(tmp_path, monkeypatch):
     assert set(ledger.verdict) <= {"holds", "does not hold", "inconclusive",
                                    "not testable at this scale"}
     assert (ledger[ledger.claim == "sam-flatter"].n_seeds == 3).all()
+
+
+def test_ledger_reads_several_report_roots(tmp_path):
+    _write(tmp_path / "a" / "minima", [_row("c1", "(expect less)", -0.5, 0.2, 0.001)])
+    _write(tmp_path / "b" / "minima", [_row("hidden", "(expect less)", -0.5, 0.2, 0.001)])
+    _write(tmp_path / "b" / "heat", [_row("c2", "(expect less)", -0.5, 0.2, 0.003)])
+    rows = collect([tmp_path / "a", tmp_path / "b"])
+    assert sorted(rows.claim) == ["c1", "c2"] and set(rows.source) == {"minima", "heat"}

@@ -12,8 +12,9 @@ from analysis.harness.cli import REPO
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=_package_doc.split("\n")[0])
-    p.add_argument("--reports", default=str(REPO / "reports"),
-                   help="folder whose */claims_rows.csv are collected (default: reports)")
+    p.add_argument("--reports", nargs="+", default=[str(REPO / "reports")],
+                   help="folders whose */claims_rows.csv are collected (default: reports); "
+                        "a report name in an earlier folder hides it in later ones")
     p.add_argument("--out", default=str(REPO / "reports" / "claims"),
                    help="ledger folder (default: reports/claims)")
     p.add_argument("--quick", action="store_true",
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="same as the default: the ledger is always rebuilt from CSVs")
     args = p.parse_args(argv)
-    ledger = build(Path(args.reports), Path(args.out))
+    ledger = build([Path(r) for r in args.reports], Path(args.out))
     counts = ledger.verdict.value_counts().to_dict()
     print(f"wrote {Path(args.out) / 'claims.csv'} ({len(ledger)} rows: {counts}) and report.md")
     return 0

@@ -21,18 +21,23 @@ COLUMNS = ["claim", "seed_file", "workload", "metric", "comparison", "effect", "
            "ci_high", "p_value", "p_adjusted", "n_seeds", "verdict"]
 
 
-def collect(reports: Path, exclude: str = "claims") -> pd.DataFrame:
-    """Every ``reports/*/claims_rows.csv`` (but ``reports/<exclude>/``), with a
-    ``source`` column naming its folder.
+def collect(reports: Path | list[Path], exclude: str = "claims") -> pd.DataFrame:
+    """Every ``<reports>/*/claims_rows.csv`` (but ``<exclude>/``), with a ``source``
+    column naming its folder. With several ``reports`` folders, a report folder name
+    found in an earlier one hides the same name in later ones.
 
     Raises:
         FileNotFoundError: no rows file at all.
         ValueError: a file without the ledger's columns, or an unknown verdict word.
     """
+    roots = [Path(reports)] if isinstance(reports, (str, Path)) else [Path(r) for r in reports]
+    files: dict[str, Path] = {}
+    for root in roots:
+        for f in sorted(root.glob("*/claims_rows.csv")):
+            if f.parent.name != exclude:
+                files.setdefault(f.parent.name, f)
     frames = []
-    for f in sorted(Path(reports).glob("*/claims_rows.csv")):
-        if f.parent.name == exclude:
-            continue
+    for name, f in sorted(files.items()):
         d = pd.read_csv(f, dtype={"verdict": str})
         missing = [c for c in COLUMNS if c not in d.columns]
         if missing:
@@ -42,10 +47,10 @@ def collect(reports: Path, exclude: str = "claims") -> pd.DataFrame:
         bad = sorted(set(d.verdict) - set(VERDICTS) - {""})
         if bad:
             raise ValueError(f"{f}: unknown verdicts {bad}; use one of {VERDICTS}")
-        d["source"] = f.parent.name
+        d["source"] = name
         frames.append(d)
     if not frames:
-        raise FileNotFoundError(f"no */claims_rows.csv under {reports}")
+        raise FileNotFoundError(f"no */claims_rows.csv under {[str(r) for r in roots]}")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -129,7 +134,7 @@ def write_report(ledger: pd.DataFrame, out: Path) -> Path:
     return write_atomic(Path(out) / "report.md", "\n".join(md))
 
 
-def build(reports: Path, out: Path) -> pd.DataFrame:
+def build(reports: Path | list[Path], out: Path) -> pd.DataFrame:
     """Collect, decide, write ``out/claims.csv`` and ``out/report.md``; return the
     ledger (with its ``source`` column)."""
     out = Path(out)
