@@ -106,6 +106,11 @@ def write_report(ledger: pd.DataFrame, out: Path) -> Path:
                                                        LARGER_SCALE.items())
           + ") read **not reproduced at this scale** instead of 'does not hold': these "
           "workloads (at most ~7k parameters, digits and MNIST-1D) cannot refute them.", "",
+          "Reports collected: " + ", ".join(
+              f"[`{src}`](../{src}/report.md) ({n} rows)"
+              for src, n in ledger.source.value_counts(sort=False).items())
+          + ". Rerun `python -m analysis.claims` whenever a report's rows change: the "
+          "adjusted p-values depend on every row.", "",
           "## Verdicts by claim", ""]
     summary = []
     for claim, g in ledger.groupby("claim", sort=False):
