@@ -211,7 +211,16 @@ def _body(df, lrs, comp, corr, rows, summary, figs, forest, scatter, wls, quick)
         "worst-case sharpness, at both points, plus SAM vs SGD test accuracy; the "
         "secondary metrics stay here.",
         "",
-        "The previous round's spectral densities and 1-D/2-D landscapes are not rerun.",
+        "**Caveats.** DiagHessianSGD runs at rho = 1 (its step is `g * (1 + rho * d)` with "
+        "`d` a Hutchinson estimate of diag(H)); where diag(H) is small, as on the digits MLP, "
+        "it stays close to SGD, so 'flatter than AdaHessian' there is mostly 'SGD vs "
+        "AdaHessian'. AdaHessian reaches the equal-loss target in fewer steps than the "
+        "SGD-based methods (see `steps`), so at equal loss it has also trained for less. "
+        "The adaptive worst-case sharpness is a lower bound from a few ascent steps. "
+        "`curvature.pipeline.analyze` does not compute adaptive sharpness yet (its planner "
+        "belongs to another change); this report calls `curvature.adaptive_sharpness` "
+        "directly. The previous round's spectral densities and 1-D/2-D landscapes are not "
+        "rerun.",
         "",
         "## Learning-rate selection", "",
     ]
