@@ -74,13 +74,19 @@ def _shown(verdict: str, seed_file: str) -> str:
 
 
 def _effect_text(r) -> str:
+    """The effect in its own units: a ratio ``x`` (log-ratio effects: the comparison says
+    "log ratio" or the metric starts with "log "), a Spearman rho, or the raw value."""
+    comparison, metric = str(r.comparison), str(r.metric)
     if not math.isfinite(r.effect):
         return "n/a"
-    if "Spearman" in str(r.comparison) or "correlation" in str(r.comparison):
+    if not (math.isfinite(r.ci_low) and math.isfinite(r.ci_high)):
+        return f"{r.effect:.3g} (no interval)"
+    if "Spearman" in comparison:
         return f"rho {r.effect:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
-    if "difference" in str(r.comparison) and "log ratio" not in str(r.comparison):
-        return f"{r.effect:+.3g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}]"
-    return f"x{math.exp(r.effect):.3g} [{math.exp(r.ci_low):.3g}, {math.exp(r.ci_high):.3g}]"
+    if "log ratio" in comparison or metric.startswith("log "):
+        return (f"x{math.exp(r.effect):.3g} [{math.exp(r.ci_low):.3g}, "
+                f"{math.exp(r.ci_high):.3g}]")
+    return f"{r.effect:+.3g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}]"
 
 
 def write_report(ledger: pd.DataFrame, out: Path) -> Path:
