@@ -85,6 +85,7 @@ METRIC_LABELS = {
     "trace_train": "Tr(H) (train)",
     "asharp_worst": "adaptive worst-case sharpness",
     "asharp_avg": "adaptive average-case sharpness",
+    "test_accuracy": "test accuracy",
 }
 # equivalence margin of "negative rho with alpha = -1 ~ SAM": geometric-mean ratio within
 # [1/1.25, 1.25] (the 95% interval must lie inside for "holds")

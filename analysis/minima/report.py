@@ -142,8 +142,8 @@ def _glance(comp: pd.DataFrame) -> pd.DataFrame:
 def _fmt_cmp(c: pd.DataFrame) -> pd.DataFrame:
     t = c.copy()
     t["comparison"] = [f"{r.a} / {r.b}" for r in t.itertuples()]
+    is_acc = (t.metric == "test_accuracy").to_numpy()
     t["metric"] = [METRIC_LABELS.get(m, m) for m in t.metric]
-    is_acc = t.metric == "test_accuracy"
     t["ratio (95% CI)"] = [
         (f"{r.effect * 100:+.2f} pts [{r.ci_low * 100:+.2f}, {r.ci_high * 100:+.2f}]"
          if acc else f"{math.exp(r.effect):.3g} [{math.exp(r.ci_low):.3g}, "
