@@ -44,6 +44,7 @@ from curvature.results import (
     SpectralDensity,
     TraceResult,
 )
+from curvature.sharpness import SharpnessResult, adaptive_sharpness
 
 __version__ = "0.1.0"
 
@@ -71,8 +72,10 @@ __all__ = [
     "NonFiniteError",
     "NonFiniteProductError",
     "NonFiniteLossError",
+    "SharpnessResult",
     "SpectralDensity",
     "TraceResult",
+    "adaptive_sharpness",
     "build_model",
     "count_parameters",
     "dense_hessian",

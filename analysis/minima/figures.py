@@ -1,172 +1,170 @@
-"""Figures of the minima report (one PNG each)."""
+"""Figures of the minima study: per-seed dots with geometric means on log axes (shared
+scale between the two measurement points), a forest plot of the paired ratios with their
+95% intervals, and sharpness against test accuracy. Legends sit outside the data."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
-import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-import torch
+import matplotlib
 
-from analysis.harness.stats import mean_ci
-from analysis.minima.config import GROUPS, OPTIMIZERS
-from curvature import plots
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
-DPI = 130
-COLORS = {name: plt.get_cmap("tab20")(([0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 1, 3][i] + 0.5) / 20)
-          for i, name in enumerate(OPTIMIZERS)}
-MARKERS = {name: "osD^v<>pPX*h"[i] for i, name in enumerate(OPTIMIZERS)}
+from analysis.minima.config import METRIC_LABELS, POINTS  # noqa: E402
+
+POINT_LABELS = {"budget": "fixed budget", "equal_loss": "equal training loss"}
+SHORT = {"alpha-SAM (a=2)": "a-SAM a=2", "AntiSAM (a=-1)": "AntiSAM a=-1",
+         "alpha-SAM (rho<0, a=-1)": "a-SAM rho<0 a=-1", "DiagHessianSGD": "DiagHess-SGD",
+         "AdaHessian": "AdaHessian"}
 
 
-def fig_metrics(df: pd.DataFrame, wl_name: str, out: Path, order: list[str]) -> str:
-    ok = df[df.status == "ok"]
-    with plots.style():
-        fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
-    x = np.arange(len(order))
-    panels = [
-        (axes[0], [("test_accuracy", "test", "o")], "test accuracy (fraction)"),
-        (axes[1], [("lambda_max_train", "train data", "o"), ("lambda_max_test", "test data", "s")],
-         r"$\lambda_{\max}(H)$ (loss / parameter$^2$)"),
-        (axes[2], [("trace_train", "train data", "o"), ("trace_test", "test data", "s")],
-         r"Tr$(H)$ (loss / parameter$^2$)"),
-    ]
-    for ax, series, ylabel in panels:
-        allv = []
-        for j, (col, lab, mk) in enumerate(series):
-            off = (j - (len(series) - 1) / 2) * 0.22
-            means, stds = [], []
-            for i, opt in enumerate(order):
-                v = ok.loc[ok.optimizer == opt, col].to_numpy(dtype=float)
-                s = mean_ci(v)
-                means.append(s["mean"])
-                stds.append(s["std"] if math.isfinite(s["std"]) else 0.0)
-                ax.plot(np.full(v.size, i + off), v, mk, color="0.6", ms=2.5, zorder=1)
-                allv += v[np.isfinite(v)].tolist()
-            ax.errorbar(x + off, means, yerr=stds, fmt=mk, color=f"C{j}", ms=5, capsize=3,
-                        label=f"{lab}: mean ± std over seeds", zorder=2)
-        if col.startswith(("lambda", "trace")) and allv and min(allv) > 0:
-            if max(allv) / min(allv) > 30:
-                ax.set_yscale("log")
-        ax.set_xticks(x, labels=order, rotation=40, ha="right")
-        ax.set_ylabel(ylabel)
-        ax.legend(frameon=False, fontsize=7)
-    fig.suptitle(f"{wl_name}: minima reached by each optimizer (grey dots: individual seeds)")
-    name = f"{wl_name}_metrics.png"
-    plots.save_figure(fig, out / name, dpi=DPI)
+def _log_ticks(axis) -> None:
+    """Plain-number labels at 1, 2, 5 x 10^k (``0.002``, ``5``), no minor labels, on a
+    log axis."""
+    axis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(mticker.NullFormatter())
+
+
+def fig_seeds(df: pd.DataFrame, wl: str, out: Path, order: list[str],
+              metrics: list[str]) -> str:
+    """Rows: metrics; columns: the two points (shared y per row, log scale). Each seed a
+    dot (one colour per seed, thin lines join a seed across optimizers), the geometric
+    mean a black bar."""
+    d = df[(df.workload == wl) & (df.status == "ok")]
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 2.5 * len(metrics) + 0.6),
+                             sharey="row", squeeze=False)
+    seeds = sorted(set(d.seed))
+    colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(seeds), 1)))
+    for i, metric in enumerate(metrics):
+        for j, point in enumerate(POINTS):
+            ax = axes[i, j]
+            p = d[d.point == point]
+            for s, c in zip(seeds, colours):
+                ys = [p[(p.optimizer == o) & (p.seed == s)][metric] for o in order]
+                ys = [float(v.iloc[0]) if len(v) else math.nan for v in ys]
+                xs = np.arange(len(order)) + (s - (len(seeds) - 1) / 2) * 0.06
+                ys = [y if y > 0 else math.nan for y in ys]
+                ax.plot(xs, ys, "-", color=c, lw=0.5, alpha=0.5)
+                ax.plot(xs, ys, "o", color=c, ms=4, label=f"seed {s}" if (i, j) == (0, 0)
+                        else None)
+            for k, o in enumerate(order):
+                v = p[p.optimizer == o][metric].to_numpy(float)
+                v = v[np.isfinite(v) & (v > 0)]
+                if v.size:
+                    ax.plot([k - 0.3, k + 0.3], [math.exp(np.log(v).mean())] * 2, "k-", lw=2)
+                missing = len(seeds) - int(np.isfinite(p[p.optimizer == o][metric]
+                                                       .to_numpy(float)).sum())
+                if missing:
+                    ax.text(k, 0.02, f"{missing} missing", transform=ax.get_xaxis_transform(),
+                            ha="center", va="bottom", fontsize=7, color="grey")
+            ax.set_yscale("log")
+            _log_ticks(ax.yaxis)
+            ax.set_xticks(range(len(order)))
+            ax.set_xticklabels([SHORT.get(o, o) for o in order], rotation=30, ha="right",
+                               fontsize=8)
+            ax.grid(axis="y", alpha=0.3, which="both")
+            if i == 0:
+                ax.set_title(POINT_LABELS[point], fontsize=10)
+            if j == 0:
+                ax.set_ylabel(METRIC_LABELS.get(metric, metric), fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], color="k", lw=2))
+    labels.append("geometric mean")
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8,
+               frameon=False)
+    fig.suptitle(f"{wl}: per-seed values (same colour = same seed = same init and batches)",
+                 y=1 - 0.3 / fig.get_figheight(), fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+    name = f"{wl}_seeds.png"
+    fig.savefig(out / name, dpi=80)
+    plt.close(fig)
     return name
 
 
-def fig_scatter(df: pd.DataFrame, wl_name: str, out: Path, order: list[str]) -> str:
-    ok = df[df.status == "ok"]
-    with plots.style():
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, col, xlabel in ((axes[0], "lambda_max_test", r"$\lambda_{\max}(H_{test})$"),
-                            (axes[1], "trace_test", r"Tr$(H_{test})$")):
-        for opt in order:
-            sub = ok[ok.optimizer == opt]
-            ax.plot(sub[col], sub.test_accuracy, MARKERS[opt], color=COLORS[opt], ms=6,
-                    label=opt, mec="k", mew=0.3)
-        v = ok[col].to_numpy(dtype=float)
-        if v.size and v.min() > 0 and v.max() / v.min() > 30:
-            ax.set_xscale("log")
-        ax.set_xlabel(xlabel + " (loss / parameter$^2$)" + (
-            ", log scale" if ax.get_xscale() == "log" else ""))
-        ax.set_ylabel("test accuracy (fraction)")
-    axes[1].legend(frameon=False, fontsize=7, ncol=2, loc="lower left")
-    fig.suptitle(f"{wl_name}: test accuracy against sharpness of the test loss (one dot per run)")
-    name = f"{wl_name}_accuracy_vs_sharpness.png"
-    plots.save_figure(fig, out / name, dpi=DPI)
+def fig_forest(comp: pd.DataFrame, out: Path, metrics: list[str]) -> str:
+    """Geometric-mean ratio a/b with its 95% interval (log x axis, 1 = no difference)
+    for each comparison, metric and point; one panel per workload, shared x axis.
+    Filled: BH-adjusted p <= 0.05."""
+    c = comp[comp.metric.isin(metrics)].copy()
+    wls = list(dict.fromkeys(c.workload))
+    labels = list(dict.fromkeys(f"{SHORT.get(r.a, r.a)} / {SHORT.get(r.b, r.b)}"
+                                for r in c.itertuples()))
+    fig, axes = plt.subplots(1, len(wls), figsize=(max(4.2 * len(wls) + 1.5, 7.5),
+                                                   0.4 * len(labels) * len(metrics) + 1.5),
+                             sharex=True, sharey=True, squeeze=False)
+    marks = {"budget": "o", "equal_loss": "s"}
+    colours = dict(zip(metrics, plt.cm.tab10.colors))
+    offsets = {(m, p): (k - (2 * len(metrics) - 1) / 2) * 0.12
+               for k, (m, p) in enumerate((m, p) for m in metrics for p in POINTS)}
+    for ax, wl in zip(axes[0], wls):
+        cw = c[c.workload == wl]
+        for r in cw.itertuples():
+            if not math.isfinite(r.effect):
+                continue
+            y = labels.index(f"{SHORT.get(r.a, r.a)} / {SHORT.get(r.b, r.b)}") + \
+                offsets[(r.metric, r.point)]
+            col = colours[r.metric]
+            sig = r.p_bh <= 0.05
+            ax.plot([math.exp(r.ci_low), math.exp(r.ci_high)], [y, y], "-", color=col, lw=1)
+            ax.plot(math.exp(r.effect), y, marks[r.point], color=col, ms=5,
+                    mfc=col if sig else "white")
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        _log_ticks(ax.xaxis)
+        ax.set_title(wl, fontsize=10)
+        ax.set_yticks(range(len(labels)))
+        ax.set_yticklabels(labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3, which="both")
+        ax.set_xlabel("geometric-mean ratio a / b (95% CI)", fontsize=8)
+    handles = [plt.Line2D([], [], color=colours[m], lw=1, marker="o", label=METRIC_LABELS[m])
+               for m in metrics]
+    handles += [plt.Line2D([], [], color="grey", ls="", marker=marks[p], label=POINT_LABELS[p])
+                for p in POINTS]
+    handles.append(plt.Line2D([], [], color="grey", ls="", marker="o", mfc="white",
+                              label="BH p > 0.05 (hollow)"))
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.75 / fig.get_figheight(), 1, 1))
+    name = "paired_ratios.png"
+    fig.savefig(out / name, dpi=80)
+    plt.close(fig)
     return name
 
 
-def fig_density(densities: dict[str, Any], eigs: dict[str, Any], wl_name: str, out: Path) -> str:
-    groups = [(t, [o for o in g if o in densities]) for t, g in GROUPS]
-    groups = [(t, g) for t, g in groups if g]
-    ncol = min(2, len(groups))
-    nrow = math.ceil(len(groups) / ncol)
-    with plots.style():
-        fig, axes = plt.subplots(nrow, ncol, figsize=(5.8 * ncol, 4.0 * nrow), squeeze=False)
-    for ax, (title, names) in zip(axes.flat, groups):
-        # top-k Lanczos values are not passed: plot_density reads min(values) as lambda_min
-        plots.plot_density({n: densities[n] for n in names}, ax=ax, title=title)
-    for ax in list(axes.flat)[len(groups):]:
-        ax.set_visible(False)
-    fig.suptitle(f"{wl_name}: Hessian spectral density on training data (SLQ, seed 0)")
-    name = f"{wl_name}_density.png"
-    plots.save_figure(fig, out / name, dpi=85)  # spiky curves compress badly: keep < 300 KB
+def fig_scatter(df: pd.DataFrame, out: Path, order: list[str], targets: dict[str, float],
+                metric: str = "asharp_worst") -> str:
+    """``metric`` (log x) against test accuracy at the fixed budget, one panel per
+    workload; runs above the target loss (not minima) hollow grey."""
+    d = df[(df.point == "budget") & (df.status == "ok")]
+    wls = [w for w in targets if w in set(d.workload)]
+    fig, axes = plt.subplots(1, len(wls), figsize=(max(4.2 * len(wls), 8), 4.2),
+                             squeeze=False)
+    colours = dict(zip(order, plt.cm.tab10.colors))
+    for ax, wl in zip(axes[0], wls):
+        w = d[d.workload == wl]
+        for o in order:
+            v = w[w.optimizer == o]
+            mins = v[v.train_loss <= targets[wl]]
+            rest = v[v.train_loss > targets[wl]]
+            ax.scatter(mins[metric], mins.test_accuracy, s=18, color=colours[o],
+                       label=SHORT.get(o, o) if wl == wls[0] else None)
+            ax.scatter(rest[metric], rest.test_accuracy, s=18, facecolors="none",
+                       edgecolors=colours[o], alpha=0.6)
+        ax.set_xscale("log")
+        _log_ticks(ax.xaxis)
+        ax.set_title(f"{wl} (hollow: train loss > {targets[wl]})", fontsize=9)
+        ax.set_xlabel(METRIC_LABELS[metric], fontsize=8)
+        ax.set_ylabel("test accuracy", fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
+    name = f"accuracy_vs_{metric}.png"
+    fig.savefig(out / name, dpi=80)
+    plt.close(fig)
     return name
-
-
-def fig_landscape(lines: dict[str, Any], wl_name: str, out: Path, radius: float) -> str:
-    groups = [(t, [o for o in g if o in lines]) for t, g in GROUPS]
-    groups = [(t, g) for t, g in groups if g]
-    ncol = min(2, len(groups))
-    nrow = math.ceil(len(groups) / ncol)
-    with plots.style():
-        fig, axes = plt.subplots(nrow, ncol, figsize=(5.6 * ncol, 3.9 * nrow), squeeze=False,
-                                 sharey=True)
-    for ax in list(axes.flat)[len(groups):]:
-        ax.set_visible(False)
-    for ax, (title, names) in zip(axes.flat, groups):
-        curves = [(f"{n} ($\\lambda_1$={lines[n][1]:.3g})", lines[n][0]) for n in names]
-        # colours cycle within a panel; SGD, first in every group, is always C0
-        colors_ = {f"{n} ($\\lambda_1$={lines[n][1]:.3g})": f"C{i}" for i, n in enumerate(names)}
-        plots.plot_landscape_1d(curves, ax=ax, title=title, colors_=colors_, log=True,
-                                xlabel=r"distance $a$ along top eigenvector $v_1$ "
-                                       "(parameter units)")
-    fig.suptitle(f"{wl_name}: training loss $L(w + a v_1)$ along each minimum's top Hessian "
-                 "eigenvector (seed 0)")
-    name = f"{wl_name}_landscape_1d.png"
-    plots.save_figure(fig, out / name, dpi=110)
-    return name
-
-
-def fig_planes(planes: dict[str, Any], wl_name: str, out: Path) -> str:
-    with plots.style():
-        fig, axes = plt.subplots(1, len(planes), figsize=(4.0 * len(planes), 3.8), squeeze=False)
-    for ax, (label, land) in zip(axes[0], planes.items()):
-        plots.plot_landscape_2d(land, ax=ax, title=label, xlabel=r"$a$ along $v_1$",
-                                ylabel=r"$b$ along $v_2$")
-    fig.suptitle(f"{wl_name}: training loss on the plane of the top two Hessian eigenvectors "
-                 "(same range for every optimizer)")
-    name = f"{wl_name}_landscape_2d.png"
-    plots.save_figure(fig, out / name, dpi=DPI)
-    return name
-
-
-def fig_sa(df: pd.DataFrame, out: Path) -> str:
-    with plots.style():
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for i, (label, d) in enumerate(df.groupby("optimizer", sort=False)):
-        ax.plot(d.step, d.eta, color=f"C{i}", lw=0.6, label=rf"{label}: step $\eta_t$")
-        if label == "SA-SAM":
-            ax.plot(d.step, d.rho, color=f"C{i + 2}", lw=0.6, label=r"SA-SAM: radius $\rho_t=\sqrt{\eta_t}$")
-        ax2.plot(d.step, d.batch_loss.clip(lower=1e-12), color=f"C{i}", lw=0.5, label=label)
-    ax.axhline(0.1, color="k", ls="--", lw=0.9, label=r"SGD/SAM step 0.1")
-    ax.axhline(0.05, color="0.5", ls=":", lw=0.9, label=r"SAM radius 0.05")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("step size / radius (log scale)")
-    ax.legend(frameon=False, fontsize=7)
-    ax2.set_yscale("log")
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("mini-batch loss (log scale, floored at 1e-12)")
-    ax2.legend(frameon=False, fontsize=7)
-    fig.suptitle("digits-mlp, seed 0: smoothness-adaptive steps settle 10-100x above SGD's 0.1, "
-                 "SA-SAM's radius 20-60x above SAM's 0.05")
-    name = "sa_step_size.png"
-    plots.save_figure(fig, out / name, dpi=DPI)
-    return name
-
-
-
-class SavedLine:
-    """A 1-D landscape read back from CSV (what :func:`plots.plot_landscape_1d` reads)."""
-
-    def __init__(self, alphas: np.ndarray, loss: np.ndarray) -> None:
-        self.coords = (torch.as_tensor(alphas),)
-        self.loss = torch.as_tensor(loss)
-
