@@ -20,6 +20,7 @@ import pandas as pd
 from analysis.benchmark import text
 from analysis.benchmark.discussion import discussion
 from analysis.benchmark.figures import figures
+from analysis.benchmark.merge import merge_arrays, merge_truth
 from analysis.benchmark.tables import density_edge_errors, ratio_table, summary_table, targets
 from analysis.benchmark.truth import Truth
 from analysis.harness.report import markdown_table, write_atomic
@@ -149,16 +150,20 @@ def write_report(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: p
 
 
 def save_artifacts(out: Path, extras: dict[str, Any], truths: dict[str, Truth],
-                   wls: list[Workload]) -> None:
-    """Ground truths (``truth.json``) and density estimates (``densities.npz``) for :func:`render`."""
+                   wls: list[Workload], merge: bool = False) -> None:
+    """Ground truths (``truth.json``) and density estimates (``densities.npz``) for
+    :func:`render`; ``merge``: keep an earlier run's entries of other workloads."""
     info = {}
     for w in wls:
         t = truths[w.name]
         info[w.name] = {"label": w.label, "n_params": w.n_params, "n_data": w.n_data,
                         "n_batches": len(w.batches), "sweep": w.sweep, "kind": t.kind,
+                        "feed": w.feed, "group": w.group,
                         "seconds": t.seconds, "top": [float(x) for x in t.top],
                         "trace": t.trace, "trace_stderr": t.trace_stderr,
                         "hutchinson_var": t.hutchinson_var}
+    if merge:
+        info = merge_truth(out / "truth.json", info)
     (out / "truth.json").write_text(json.dumps(info, indent=1))
     arrays = {}
     for wl, ex in extras.items():
@@ -167,6 +172,8 @@ def save_artifacts(out: Path, extras: dict[str, Any], truths: dict[str, Truth],
         for tool, (nodes, weights) in ex.get("density", {}).items():
             arrays[f"{wl}/{tool}/nodes"] = nodes
             arrays[f"{wl}/{tool}/weights"] = weights
+    if merge:
+        arrays = merge_arrays(out / "densities.npz", arrays, [w.name for w in wls])
     np.savez_compressed(out / "densities.npz", **arrays)
 
 
