@@ -52,6 +52,8 @@ class Config:
     block_trace: int = 30  # per-layer Hutchinson probes per block
     block_kind: str = "module"  # the partition given to block_spectra
     tasks: tuple[str, ...] = TASKS
+    warmup: bool = True  # untimed first calls of every kernel before the product timings
+    reference_tol: float = 1e-6  # Lanczos reference above ARPACK_LIMIT
     sweep: bool = True
     profile: bool = True
 
@@ -66,7 +68,7 @@ QUICK = Config(
 # The scale rows: fewer repeats and products, budgets instead of full peer runs; the
 # density is the 2-probe x 40-step SLQ of issue 17's outside check.
 SCALE = Config(
-    repeats=1, hvp_repeats=2, long_s=5.0, timeout_s=150.0, budget_s=40.0, top_k=10,
+    repeats=1, hvp_repeats=3, long_s=5.0, timeout_s=150.0, budget_s=40.0, top_k=10,
     trace_ladder=(30,), pyhessian_trace_cap=12, trace_reference_matvecs=60, var_samples=16,
     trace_own_rule=False, probes=2, steps=40, density_tools=("curvature", "pyhessian"), min_steps=8, block_steps=40, block_trace=8,
     block_kind="layer", tasks=("gradient", "hvp", "hvp_warm", "lambda_max", "trace", "density",
@@ -76,11 +78,18 @@ SCALE = Config(
 # DataLoader twins of the scale rows: what issue 17 asks of loaders (lambda_max, density).
 SCALE_LOADER = replace(SCALE, tasks=("gradient", "hvp", "hvp_warm", "lambda_max", "density"),
                        profile=False)
-# The 11.2M-parameter ResNet-18: one repeat of everything, tight product budgets.
-BIG = replace(SCALE, hvp_repeats=1, timeout_s=240.0, budget_s=60.0, trace_ladder=(12,),
-              pyhessian_trace_cap=4, trace_reference_matvecs=0, var_samples=8, steps=30,
-              min_steps=4, block_steps=20, block_trace=0, profile=False)
-BIG_LOADER = replace(BIG, tasks=("gradient", "hvp", "hvp_warm", "lambda_max", "density"))
+# The 1M-parameter rows: shorter reference, density and per-layer runs.
+MID = replace(SCALE, hvp_repeats=2, trace_reference_matvecs=30, var_samples=8, steps=30,
+              block_steps=20)
+MID_LOADER = replace(MID, tasks=SCALE_LOADER.tasks, profile=False)
+# The 11.2M-parameter ResNet-18: one repeat, no warm-up, no trace (its products alone
+# would take longer than the whole row), a 2 x 16 density, per-layer spectra capped at
+# 6 lockstep steps (a cost measurement: blocks are reported unconverged where they are).
+BIG = replace(SCALE, hvp_repeats=1, warmup=False, timeout_s=240.0, budget_s=60.0,
+              trace_reference_matvecs=0, var_samples=0, steps=16, min_steps=4,
+              block_steps=6, block_trace=0, reference_tol=1e-5, profile=False,
+              tasks=("gradient", "hvp", "hvp_warm", "lambda_max", "density", "blocks"))
+BIG_LOADER = replace(BIG, tasks=("gradient", "hvp", "hvp_warm", "lambda_max"))
 
 
 def parse_rows(spec: str) -> tuple[str, ...]:
@@ -132,11 +141,11 @@ def rows(groups: tuple[str, ...], quick: bool) -> list[tuple[Callable[[], list[W
             (_with_loaders(lambda: _scale(mlp_digits(150, None, 200)), shuffle=True),
              (SCALE, SCALE_LOADER)),
             (_with_loaders(lambda: _scale(resnet20_cifar(10, 64, 10, 32))), (SCALE, SCALE_LOADER)),
-            (_with_loaders(lambda: gpt2_tokens(128, 4, 32, 16)), (SCALE, SCALE_LOADER)),
-            (_with_loaders(lambda: _scale(resnet20_cifar(32, 32, 10, 16))), (SCALE, SCALE_LOADER)),
+            (_with_loaders(lambda: gpt2_tokens(128, 4, 32, 16)), (MID, MID_LOADER)),
+            (_with_loaders(lambda: _scale(resnet20_cifar(32, 16, 10, 16))), (MID, MID_LOADER)),
         ]
     if "big" in groups:
-        out += [(_with_loaders(lambda: _big(resnet18_cifar(32, 4, 16))), (BIG, BIG_LOADER))]
+        out += [(_with_loaders(lambda: _big(resnet18_cifar(16, 4, 16))), (BIG, BIG_LOADER))]
     return out
 
 

@@ -21,7 +21,13 @@ from analysis.benchmark import text
 from analysis.benchmark.discussion import discussion
 from analysis.benchmark.figures import figures
 from analysis.benchmark.merge import merge_arrays, merge_truth
-from analysis.benchmark.tables import density_edge_errors, ratio_table, summary_table, targets
+from analysis.benchmark.tables import (
+    density_edge_errors,
+    ratio_table,
+    row_summary,
+    summary_table,
+    targets,
+)
 from analysis.benchmark.truth import Truth
 from analysis.harness.report import markdown_table, write_atomic
 from analysis.harness.workloads import Workload
@@ -68,6 +74,24 @@ def write_report(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: p
         "",
         text.ERROR_NOTE,
         "",
+        "## Rows at scale: one line per workload",
+        "",
+        text.SCALE_NOTE,
+        "",
+        markdown(row_summary(df, ratios),
+                 ["workload", "feed", "n_params", "n_data", "gradient_s", "hvp_fresh_grads",
+                  "hvp_warm_grads", "pyhessian_hvp_grads", "lambda_max_vs_pyhessian",
+                  "lambda_max_err", "pyhessian_lambda_max_err", "density_vs_pyhessian",
+                  "trace_vs_curvlinops", "blocks_s", "blocks_grads", "curvature_peak_mib"],
+                 {"gradient_s": ".3g", "hvp_fresh_grads": ".2f", "hvp_warm_grads": ".2f",
+                  "pyhessian_hvp_grads": ".2f", "lambda_max_err": ".1e",
+                  "pyhessian_lambda_max_err": ".1e", "blocks_s": ".3g", "blocks_grads": ".1f",
+                  "curvature_peak_mib": ".0f", "n_params": "d", "n_data": "d"}),
+        "",
+    ]
+    if "scale.png" in made:
+        lines += ["![scale](scale.png)", "", text.SCALE_FIGURE_NOTE, ""]
+    lines += [
         "## Targets",
         "",
         markdown(pd.DataFrame(tg), ["workload", "target", "measured", "met"]),
@@ -98,7 +122,7 @@ def write_report(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: p
             "",
         ]
     lines += ["## Figures", "", text.FIGURES_NOTE, ""]
-    lines += [f"![{m}]({m})" for m in made if m != "scaling.png"]
+    lines += [f"![{m}]({m})" for m in made if m not in ("scaling.png", "scale.png")]
     if not prof.empty:
         lines += [
             "",

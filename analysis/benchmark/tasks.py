@@ -85,19 +85,29 @@ def bench_workload(w: Workload, cfg: Config, log: Callable[[str], None],
     extras: dict[str, Any] = {"truth": truth}
     v = seeded_vector(w.n_params, 1)
     grad = gradient_job(w)
-    # Warm-up: the first call of every kernel, for every tool.
-    grad()
-    for tool in tools.values():
-        tool.hvp(v)
-
-    # -- gradient and single products (gradient interleaved with them: the cost unit)
-    warm_ops = {name: tool.operator() for name, tool in tools.items()}
-    for name, tool in tools.items():
-        tool.hvp(v, warm_ops[name])  # builds the curvature graph cache
     jobs: dict[str, Callable[[], Any]] = {"gradient": grad}
-    for name, tool in tools.items():
-        jobs[f"hvp/{name}"] = lambda tool=tool: tool.hvp(v)
-        jobs[f"hvp_warm/{name}"] = lambda tool=tool, name=name: tool.hvp(v, warm_ops[name])
+    warm_ops: dict[str, Any] = {}
+    if cfg.warmup:
+        # Warm-up: the first call of every kernel, for every tool.
+        grad()
+        for tool in tools.values():
+            tool.hvp(v)
+        warm_ops.update({name: tool.operator() for name, tool in tools.items()})
+        for name, tool in tools.items():
+            tool.hvp(v, warm_ops[name])  # builds the curvature graph cache
+        for name, tool in tools.items():
+            jobs[f"hvp/{name}"] = lambda tool=tool: tool.hvp(v)
+            jobs[f"hvp_warm/{name}"] = lambda tool=tool, name=name: tool.hvp(v, warm_ops[name])
+    else:
+        # No untimed warm-up (large models, where kernel start-up is negligible): the
+        # fresh product is the first product of the operator the warm one then reuses.
+        def fresh(name: str, tool: Any) -> Any:
+            warm_ops[name] = tool.operator()
+            return tool.hvp(v, warm_ops[name])
+
+        for name, tool in tools.items():
+            jobs[f"hvp/{name}"] = lambda tool=tool, name=name: fresh(name, tool)
+            jobs[f"hvp_warm/{name}"] = lambda tool=tool, name=name: tool.hvp(v, warm_ops[name])
     runs = interleaved(jobs, cfg.hvp_repeats, long_s=cfg.long_s, timeout_s=cfg.timeout_s, log=log)
     grad_s = statistics.median(runs["gradient"].seconds)
     rows.append(_row(w, "gradient", "torch", runs["gradient"], grad_s))

@@ -52,8 +52,10 @@ def ground_truth(w: Workload, cfg: Config, k: int) -> Truth:
                      v0=rng.standard_normal(w.n_params), return_eigenvectors=False)
         kind = "ARPACK eigsh tol 1e-6"
     else:  # ARPACK's float64 copies per product are too slow here: a tight Lanczos
-        vals = cv.eigenvalues(op, k, tol=1e-6, seed=12345, max_matvecs=400).values.numpy()
-        kind = "Lanczos (curvature) residual tol 1e-6, seed independent of the timed runs"
+        vals = cv.eigenvalues(op, k, tol=cfg.reference_tol, seed=12345,
+                              max_matvecs=400).values.numpy()
+        kind = (f"Lanczos (curvature) residual tol {cfg.reference_tol:g}, seed independent of "
+                "the timed runs")
     if cfg.trace_reference_matvecs:
         tr = cv.trace(op, method="hutch++", num_matvecs=cfg.trace_reference_matvecs, seed=12345)
         trace, stderr = tr.estimate, tr.stderr
@@ -63,7 +65,7 @@ def ground_truth(w: Workload, cfg: Config, k: int) -> Truth:
         kind += "; no trace reference (budget)"
     # Var[z^T H z] estimated from plain Hutchinson samples on fresh probes, a few at a time.
     gen = torch.Generator().manual_seed(7)
-    q = []
+    q = [torch.full((2,), math.nan, dtype=torch.float64)] if cfg.var_samples < 2 else []
     for i in range(0, cfg.var_samples, 8):
         z = (2 * torch.randint(0, 2, (w.n_params, min(8, cfg.var_samples - i)), generator=gen)
              - 1).float()
