@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             truths[w.name] = truth
             if cfg.profile:
                 profs.append(profile_hvp(w, log))
+            if cfg.matmat:
                 mats.append(matmat_scaling(w))
             pd.DataFrame(results).to_csv(out / "results.partial.csv", index=False)
     df = pd.DataFrame(results)

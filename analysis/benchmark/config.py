@@ -55,14 +55,15 @@ class Config:
     warmup: bool = True  # untimed first calls of every kernel before the product timings
     reference_tol: float = 1e-6  # Lanczos reference above ARPACK_LIMIT
     sweep: bool = True
-    profile: bool = True
+    profile: bool = True  # torch.profiler of one fresh product (profile.csv)
+    matmat: bool = True  # k-column product scaling, k = 1, 8, 32 (matmat.csv)
 
 
 QUICK = Config(
     repeats=1, hvp_repeats=2, long_s=5.0, timeout_s=20.0, budget_s=1.0, top_k=3,
     trace_ladder=(12, 24, 48),
     pyhessian_trace_cap=20, trace_reference_matvecs=60, probes=2, steps=8,
-    power_max_iter=30, block_steps=10, block_trace=4, sweep=False, profile=False,
+    power_max_iter=30, block_steps=10, block_trace=4, sweep=False, profile=False, matmat=False,
 )
 
 # The scale rows: fewer repeats and products, budgets instead of full peer runs; the
@@ -77,17 +78,17 @@ SCALE = Config(
 )
 # DataLoader twins of the scale rows: what issue 17 asks of loaders (lambda_max, density).
 SCALE_LOADER = replace(SCALE, tasks=("gradient", "hvp", "hvp_warm", "lambda_max", "density"),
-                       profile=False)
+                       profile=False, matmat=False)
 # The 1M-parameter rows: shorter reference, density and per-layer runs.
 MID = replace(SCALE, hvp_repeats=2, trace_reference_matvecs=30, var_samples=8, steps=30,
-              block_steps=20)
+              block_steps=20, matmat=False)
 MID_LOADER = replace(MID, tasks=SCALE_LOADER.tasks, profile=False)
 # The 11.2M-parameter ResNet-18: one repeat, no warm-up, no trace (its products alone
 # would take longer than the whole row), a 2 x 16 density, per-layer spectra capped at
 # 6 lockstep steps (a cost measurement: blocks are reported unconverged where they are).
 BIG = replace(SCALE, hvp_repeats=1, warmup=False, timeout_s=240.0, budget_s=60.0,
               trace_reference_matvecs=0, var_samples=0, steps=16, min_steps=4,
-              block_steps=6, block_trace=0, reference_tol=1e-5, profile=False,
+              block_steps=6, block_trace=0, reference_tol=1e-5, profile=False, matmat=False,
               tasks=("gradient", "hvp", "hvp_warm", "lambda_max", "density", "blocks"))
 BIG_LOADER = replace(BIG, tasks=("gradient", "hvp", "hvp_warm", "lambda_max"))
 
@@ -161,7 +162,8 @@ def _big(w: Workload) -> Workload:
 
 # Scaling sweeps: one repeat per point, densities scaled from what fits in 10 s.
 _SWEEP = replace(Config(), repeats=1, hvp_repeats=3, budget_s=10.0,
-                 tasks=("gradient", "hvp", "hvp_warm", "lambda_max", "density"), profile=False)
+                 tasks=("gradient", "hvp", "hvp_warm", "lambda_max", "density"), profile=False,
+                 matmat=False)
 
 
 def _sweep_builders() -> list[Callable[[], Workload]]:

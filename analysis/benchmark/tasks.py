@@ -175,8 +175,8 @@ def bench_workload(w: Workload, cfg: Config, log: Callable[[str], None],
             nodes, weights = run.value
             extras["density"][name] = (nodes, weights)
             err, metric = density_error(w, truth, nodes, weights)
-            note = (f"{run.hvps / cfg.probes / cfg.steps:.0%} of the products run (fewer probes"
-                    " or steps); time and HVPs scaled" if run.extrapolated else "")
+            note = (f"{1 / run.scale:.0%} of the products run (fewer probes or steps); time "
+                    "and HVPs scaled" if run.extrapolated else "")
             if name == "curvlinops" and run.extrapolated:
                 note = "boundaries + fewer probes run; probe time and HVPs scaled"
             if run.extrapolated and name != "curvature":
@@ -199,7 +199,8 @@ def task_blocks(w: Workload, cfg: Config, grad_s: float, log: Callable[[str], No
     out: dict[str, Any] = {}
 
     def job() -> tuple[None, int]:
-        r = cv.block_spectra(w.model, w.loss, w.data, blocks=cfg.block_kind, tol=cfg.tol,
+        blocks = w.blocks if w.blocks is not None else cfg.block_kind
+        r = cv.block_spectra(w.model, w.loss, w.data, blocks=blocks, tol=cfg.tol,
                              max_steps=cfg.block_steps, trace_matvecs=cfg.block_trace, seed=0)
         out["r"] = r
         return None, r.num_passes
@@ -211,7 +212,8 @@ def task_blocks(w: Workload, cfg: Config, grad_s: float, log: Callable[[str], No
         r = out["r"]
         conv = sum(b.converged_max for b in r.blocks)
         top = max(r.blocks, key=lambda b: b.lambda_max)
-        note = (f"{len(r.blocks)} blocks ({cfg.block_kind}), {r.num_matvecs} columns in "
+        kind = cfg.block_kind if w.blocks is None else "given groups"
+        note = (f"{len(r.blocks)} blocks ({kind}), {r.num_matvecs} columns in "
                 f"{r.num_passes} passes; lambda_max converged in {conv} of {len(r.blocks)} "
                 f"(max {cfg.block_steps} steps); largest block lambda_max {top.lambda_max:.4g} "
                 f"({top.name})")

@@ -101,6 +101,7 @@ class Run:
     error: str = ""
     timed_out: bool = False
     extrapolated: bool = False
+    scale: float = 1.0  # whole / part run, for an extrapolated (Scaled) job
 
 
 def interleaved(jobs: dict[str, Callable[[], Any]], repeats: int, *, long_s: float,
@@ -140,6 +141,7 @@ def interleaved(jobs: dict[str, Callable[[], Any]], repeats: int, *, long_s: flo
             if isinstance(out, Scaled):
                 dt = out.fixed_s + out.scale * (dt - out.fixed_s)
                 value, hvps, r.extrapolated = out.value, out.hvps, out.scale != 1
+                r.scale = out.scale
             else:
                 value, hvps = out
             r.seconds.append(dt)

@@ -37,6 +37,7 @@ class Workload:
     loader: Iterable[Any] | None = None  # the DataLoader when feed != "tensor"
     group: str = "small"  # the row group (--rows) the workload belongs to
     truth_key: str = ""  # workloads sharing a model and data share one ground truth
+    blocks: Any = None  # per-layer partition for block_spectra (None: the benchmark's kind)
 
     @property
     def data(self) -> Iterable[Any]:
@@ -127,7 +128,7 @@ def as_loader(w: Workload, shuffle: bool = False) -> Workload:
     feed = "loader-shuffle" if shuffle else "loader"
     return Workload(f"{w.name}-{feed}", f"{w.label}; DataLoader{' (shuffle)' if shuffle else ''}",
                     w.model, w.batches, w.loss, w.sweep, feed, loader, w.group,
-                    w.truth_key or w.name)
+                    w.truth_key or w.name, w.blocks)
 
 
 class _Block18(nn.Module):
@@ -218,10 +219,18 @@ def gpt2_tokens(n_embd: int, n_layer: int, n_train: int, batch: int, seq: int = 
     x[:, 1::2] = perm[x[:, 0::2]]  # every second token follows from the one before it
     batches = [(x[i:i + batch], x[i:i + batch, 1:]) for i in range(0, n_train, batch)]
     train_briefly(model, batches, train_steps, 1e-3)
+    # Per-layer blocks: the embeddings (token, tied with the LM head, and position), each
+    # transformer block, the final LayerNorm.
+    groups: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        parts = name.split(".")  # lm.transformer.<wte|wpe|h|ln_f>[.<i>]...
+        key = "embeddings" if parts[2] in ("wte", "wpe") else (
+            f"h.{parts[3]}" if parts[2] == "h" else parts[2])
+        groups.setdefault(key, []).append(name)
     return Workload(f"gpt2d{n_embd}l{n_layer}-tok{n_train}",
                     f"GPT-2 (transformers) {n_layer} layers, n_embd {n_embd}, vocab {vocab}, "
                     f"sequences of {seq} random tokens N={n_train}", model, batches,
-                    group="scale")
+                    group="scale", blocks=groups)
 
 
 def digits_all() -> tuple[Tensor, Tensor]:
