@@ -4,12 +4,17 @@ docstring for what is measured and how)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import platform
 import shlex
+import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -89,6 +94,30 @@ def main(argv: list[str] | None = None) -> int:
     wls: list[Workload] = []
     profs: list[pd.DataFrame] = []
     mats: list[pd.DataFrame] = []
+    partial = set(groups) != set(GROUPS) and not args.quick
+    cmd = "python -m analysis.benchmark" + (" --quick" if args.quick else "")
+    if args.rows != "all" or args.no_sweep:
+        cmd += " --rows " + ",".join(groups)
+    if args.out != parser.get_default("out"):
+        cmd += f" --out {shlex.quote(args.out)}"
+
+    def save() -> None:
+        """Write (merge) everything measured so far: a run stopped later keeps it."""
+        with _locked(out):
+            df = pd.DataFrame(results)
+            prof = pd.concat(profs, ignore_index=True) if profs else pd.DataFrame()
+            mat = pd.concat(mats, ignore_index=True) if mats else pd.DataFrame()
+            if partial:  # keep the other groups' rows of an earlier run in --out
+                df, prof, mat = merge_previous(out, df, prof, mat, [w.name for w in wls])
+            df.to_csv(out / "results.csv", index=False)
+            if not prof.empty:
+                prof.to_csv(out / "profile.csv", index=False)
+            if not mat.empty:
+                mat.to_csv(out / "matmat.csv", index=False)
+            save_artifacts(out, extras, truths, wls, merge=partial)
+            _write_meta(out, cmd, time.perf_counter() - t_start, partial, args.quick,
+                        load_start, args.long)
+
     for build, (cfg_tensor, cfg_loader) in rows(groups, args.quick):
         truth = None
         for w in build():
@@ -97,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = replace(cfg, long_s=args.long)
             r, ex = bench_workload(w, cfg, log, truth=truth)
             truth = ex["truth"]  # the DataLoader twins share the tensor-fed row's truth
-            results += r
+            results.extend(r)
             wls.append(w)
             extras[w.name] = ex
             truths[w.name] = truth
@@ -105,22 +134,32 @@ def main(argv: list[str] | None = None) -> int:
                 profs.append(profile_hvp(w, log))
             if cfg.matmat:
                 mats.append(matmat_scaling(w))
-            pd.DataFrame(results).to_csv(out / "results.partial.csv", index=False)
-    df = pd.DataFrame(results)
-    prof = pd.concat(profs, ignore_index=True) if profs else pd.DataFrame()
-    mat = pd.concat(mats, ignore_index=True) if mats else pd.DataFrame()
-    partial = set(groups) != set(GROUPS) and not args.quick
-    if partial:  # keep the other groups' rows of an earlier run in --out
-        df, prof, mat = merge_previous(out, df, prof, mat, [w.name for w in wls])
-    df.to_csv(out / "results.csv", index=False)
-    (out / "results.partial.csv").unlink(missing_ok=True)
-    if not prof.empty:
-        prof.to_csv(out / "profile.csv", index=False)
-    if not mat.empty:
-        mat.to_csv(out / "matmat.csv", index=False)
+        save()
     if "small" in groups or args.quick:
         hvp_correctness().to_csv(out / "correctness.csv", index=False)
-    save_artifacts(out, extras, truths, wls, merge=partial)
+    save()
+    render(out)
+    log(f"wrote {out}/report.md")
+    return 0
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """An exclusive lock on ``out`` while a run merges its rows in (runs of different
+    groups may share the folder)."""
+    key = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
+    with open(Path(tempfile.gettempdir()) / f"curvature-benchmark-{key}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_meta(out: Path, cmd: str, runtime: float, partial: bool, quick: bool,
+                load_start: str, long_s: float | None) -> None:
+    """``meta.json``: this run's command, machine and load; group runs add up (one part
+    per command, its runtime replaced when the same command runs again)."""
     peers = []
     for dist in ("PyHessian", "curvlinops-for-pytorch"):
         try:
@@ -129,31 +168,21 @@ def main(argv: list[str] | None = None) -> int:
             peers.append(f"{dist} {version(dist)}")
         except Exception:
             peers.append(f"{dist} not installed")
-    cmd = "python -m analysis.benchmark" + (" --quick" if args.quick else "")
-    if args.rows != "all" or args.no_sweep:
-        cmd += " --rows " + ",".join(groups)
-    if args.out != parser.get_default("out"):
-        cmd += f" --out {shlex.quote(args.out)}"
-    runtime = time.perf_counter() - t_start
-    if partial and (out / "meta.json").exists():  # one command per group run, runtimes summed
+    parts = [[cmd, runtime]]
+    if partial and (out / "meta.json").exists():
         old = json.loads((out / "meta.json").read_text())
         parts = [p for p in old.get("parts", [[old["command"], old["runtime"]]])
-                 if p[0] != cmd]
-        parts.append([cmd, runtime])
-        cmd, runtime = " && ".join(p[0] for p in parts), sum(p[1] for p in parts)
-    else:
-        parts = [[cmd, runtime]]
-    meta = {"command": cmd, "runtime": runtime, "parts": parts, "quick": args.quick,
+                 if p[0] != cmd] + parts
+    meta = {"command": " && ".join(p[0] for p in parts),
+            "runtime": sum(p[1] for p in parts), "parts": parts, "quick": quick,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
             "peers": ", ".join(peers), "load_start": load_start, "load_end": _loadavg(),
-            "long_s": args.long or (QUICK if args.quick else Config()).long_s, "threads": torch.get_num_threads(),
+            "long_s": long_s or (QUICK if quick else Config()).long_s,
+            "threads": torch.get_num_threads(),
             "omp": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} "
                    f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
             "torch": torch.__version__}
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    render(out)
-    log(f"wrote {out}/report.md ({meta['runtime']:.0f} s)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -80,8 +80,8 @@ SCALE = Config(
 SCALE_LOADER = replace(SCALE, tasks=("gradient", "hvp", "hvp_warm", "lambda_max", "density"),
                        profile=False, matmat=False)
 # The 1M-parameter rows: shorter reference, density and per-layer runs.
-MID = replace(SCALE, hvp_repeats=2, trace_reference_matvecs=30, var_samples=8, steps=30,
-              block_steps=20, matmat=False)
+MID = replace(SCALE, hvp_repeats=2, timeout_s=100.0, trace_reference_matvecs=30,
+              var_samples=8, steps=20, block_steps=10, matmat=False)
 MID_LOADER = replace(MID, tasks=SCALE_LOADER.tasks, profile=False)
 # The 11.2M-parameter ResNet-18: one repeat, no warm-up, no trace (its products alone
 # would take longer than the whole row), a 2 x 16 density, per-layer spectra capped at
@@ -141,9 +141,9 @@ def rows(groups: tuple[str, ...], quick: bool) -> list[tuple[Callable[[], list[W
         out += [
             (_with_loaders(lambda: _scale(mlp_digits(150, None, 200)), shuffle=True),
              (SCALE, SCALE_LOADER)),
-            (_with_loaders(lambda: _scale(resnet20_cifar(10, 64, 10, 32))), (SCALE, SCALE_LOADER)),
+            (_with_loaders(lambda: _scale(resnet20_cifar(10, 32, 10, 16))), (SCALE, SCALE_LOADER)),
             (_with_loaders(lambda: gpt2_tokens(128, 4, 32, 16)), (MID, MID_LOADER)),
-            (_with_loaders(lambda: _scale(resnet20_cifar(32, 16, 10, 16))), (MID, MID_LOADER)),
+            (_with_loaders(lambda: _scale(resnet20_cifar(32, 8, 10, 8))), (MID, MID_LOADER)),
         ]
     if "big" in groups:
         out += [(_with_loaders(lambda: _big(resnet18_cifar(16, 4, 16))), (BIG, BIG_LOADER))]
