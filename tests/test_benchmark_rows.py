@@ -39,7 +39,7 @@ def test_merge_frames_replaces_rows_of_the_workloads_run_and_keeps_the_rest() ->
 
 
 def _rows() -> pd.DataFrame:
-    base = {"sweep": "", "status": "ok", "extrapolated": False, "time_in_gradients": 2.0}
+    base = {"sweep": "", "status": "ok", "extrapolated": False, "time_in_gradients": 2.0, "hvps": 1}
     rows = [
         {**base, "workload": "m1", "feed": "tensor", "n_params": 100, "task": "hvp_warm",
          "tool": "curvature", "time_s": 0.01},

@@ -18,24 +18,27 @@ PANELS = (
     ("hvp_warm", "time_s", "seconds per product (warm operator)"),
     ("hvp", "time_in_gradients", "gradients per product (fresh: solid, warm: dashed)"),
     ("lambda_max", "time_s", "lambda_max seconds (tol 1e-3)"),
-    ("density", "time_s", "density seconds (SLQ)"),
+    ("density", "s_per_product", "density: seconds per product (SLQ sizes differ by row)"),
 )
 
 
 def scale_points(df: pd.DataFrame, feed: str = "tensor") -> pd.DataFrame:
     """One point per (task, tool, workload) of the main rows fed as ``feed``: columns
-    ``task, tool, workload, n_params, time_s, time_in_gradients, hollow`` (``hollow``: the
-    time is extrapolated or a lower bound), sorted by ``n_params``; failed runs dropped."""
+    ``task, tool, workload, n_params, time_s, time_in_gradients, s_per_product, hollow``
+    (``hollow``: the time is extrapolated or a lower bound; ``s_per_product`` NaN where
+    no products were counted), sorted by ``n_params``; failed runs dropped."""
     d = df[(df.sweep.fillna("") == "") & df.status.isin(["ok", "timeout"])]
     if "feed" in d.columns:
         d = d[d.feed.fillna("tensor") == feed]
     elif feed != "tensor":
         return pd.DataFrame(columns=["task", "tool", "workload", "n_params", "time_s",
-                                     "time_in_gradients", "hollow"])
+                                     "time_in_gradients", "s_per_product", "hollow"])
     d = d[np.isfinite(d.time_s.astype(float)) & (d.time_s.astype(float) > 0)]
     hollow = d.extrapolated.astype(str).str.lower().eq("true") | d.status.eq("timeout")
-    out = d.assign(hollow=hollow)[["task", "tool", "workload", "n_params", "time_s",
-                                   "time_in_gradients", "hollow"]]
+    hvps = d.hvps.astype(float).where(d.hvps.astype(float) > 0)
+    out = d.assign(hollow=hollow, s_per_product=d.time_s.astype(float) / hvps)[
+        ["task", "tool", "workload", "n_params", "time_s", "time_in_gradients",
+         "s_per_product", "hollow"]]
     return out.sort_values(["task", "tool", "n_params"]).reset_index(drop=True)
 
 
@@ -66,12 +69,17 @@ def scale_figure(df: pd.DataFrame, out: Path, name: str = "scale.png") -> str | 
                 ls = "--" if (task == "hvp" and t == "hvp_warm") else "-"
                 label = tool if t == tasks[0] else None
                 slope = loglog_slope(s.n_params, s[col])
-                if label and col == "time_s" and slope == slope:
+                if label and col != "time_in_gradients" and slope == slope:
                     label += f" (slope {slope:.2f})"
                 ax.plot(s.n_params, s[col], ls, color=f"C{k}", lw=1.2, label=label)
                 solid, hol = s[~s.hollow], s[s.hollow]
                 ax.plot(solid.n_params, solid[col], "o", color=f"C{k}", ms=5)
                 ax.plot(hol.n_params, hol[col], "o", mfc="none", color=f"C{k}", ms=7)
+        if task == "hvp_warm":  # which workload each parameter count is
+            cur = pts[(pts.task == task) & (pts.tool == "curvature")]
+            for _, r in cur.iterrows():
+                ax.annotate(r.workload, (r.n_params, r[col]), fontsize=6, rotation=60,
+                            xytext=(2, 4), textcoords="offset points")
         if task == "hvp":
             ax.axhline(2.5, color="k", lw=0.8, ls=":", label="2.5-gradient target")
             ax.set_ylim(0.5, None)
@@ -82,7 +90,8 @@ def scale_figure(df: pd.DataFrame, out: Path, name: str = "scale.png") -> str | 
         ax.set_xlabel("parameters n")
         ax.legend(frameon=False, fontsize=8)
     fig.suptitle("Cost against parameter count, tensor-fed rows (hollow: extrapolated or "
-                 "stopped at the time limit)", fontsize=10)
+                 "stopped at the time limit; lines join different architectures and N)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(out / name, dpi=130)
     plt.close(fig)
