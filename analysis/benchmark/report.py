@@ -160,6 +160,8 @@ def write_report(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: p
                                       worst=r.worst_block_rel_error, block=r.worst_block),
             ]
     lines += ["", "## What missed, and why", ""] + discussion(df, ratios, tg, prof, mat)
+    if (out / "notes.md").exists():  # hand-written notes on this run, kept across renders
+        lines += ["", (out / "notes.md").read_text().strip()]
     lines += [
         "",
         "## Method notes",
