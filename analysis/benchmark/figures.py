@@ -19,7 +19,8 @@ def figures(df: pd.DataFrame, ratios: pd.DataFrame, extras: dict[str, Any], out:
     """Write the PNGs into ``out``; returns their file names."""
     made = []
     # 1. speedups, one panel per workload (4 per row of panels)
-    wls = list(ratios.workload.unique())
+    order = ratios.drop_duplicates("workload").sort_values(["n_params", "workload"], kind="stable")
+    wls = list(order.workload)
     tasks = [t for t in TASKS[1:] if t in set(ratios.task)]
     ncol = min(4, len(wls))
     nrow = math.ceil(len(wls) / ncol)
