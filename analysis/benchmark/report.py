@@ -85,7 +85,7 @@ def write_report(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: p
                   "trace_vs_curvlinops", "blocks_s", "blocks_grads", "curvature_peak_mib"],
                  {"gradient_s": ".3g", "hvp_fresh_grads": ".2f", "hvp_warm_grads": ".2f",
                   "pyhessian_hvp_grads": ".2f", "lambda_max_err": ".1e",
-                  "pyhessian_lambda_max_err": ".1e", "blocks_s": ".3g", "blocks_grads": ".1f",
+                  "pyhessian_lambda_max_err": ".1e",
                   "curvature_peak_mib": ".0f", "n_params": "d", "n_data": "d"}),
         "",
     ]

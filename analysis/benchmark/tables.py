@@ -47,6 +47,18 @@ def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _bound(g: pd.DataFrame, task: str, col: str, fmt: str) -> str:
+    """curvature's ``col`` on ``task`` as text: ``>= x`` when it was stopped at the time
+    limit (a lower bound), ``error`` when it failed, ``-`` when not run."""
+    s = g[(g.task == task) & (g.tool == "curvature")]
+    if s.empty:
+        return "-"
+    r = s.iloc[0]
+    if r.status == "error":
+        return "error"
+    return (">= " if r.status == "timeout" else "") + fmt.format(float(r[col]))
+
+
 def _err(r: pd.Series) -> float:
     """A row's accuracy: ``rel_error``, or for a density without a trace reference its
     top edge against the reference lambda_max (``density_lmax_rel_error``)."""
@@ -148,8 +160,8 @@ def row_summary(df: pd.DataFrame, ratios: pd.DataFrame) -> pd.DataFrame:
             "pyhessian_lambda_max_err": cell("lambda_max", "pyhessian", "rel_error"),
             "density_vs_pyhessian": speed("density", "pyhessian"),
             "trace_vs_curvlinops": speed("trace", "curvlinops"),
-            "blocks_s": cell("blocks", "curvature", "time_s"),
-            "blocks_grads": cell("blocks", "curvature", "time_in_gradients"),
+            "blocks_s": _bound(g, "blocks", "time_s", "{:.3g}"),
+            "blocks_grads": _bound(g, "blocks", "time_in_gradients", "{:.1f}"),
             "curvature_peak_mib": float(mem.max()) if len(mem) else math.nan,
         })
     return pd.DataFrame(out)
