@@ -2,8 +2,18 @@
 
 Run (one command; writes ``reports/benchmark/``)::
 
-    python -m analysis.benchmark            # full run, about 20 minutes on 2 cores
-    python -m analysis.benchmark --quick    # tiny smoke variant (seconds; used by the tests)
+    python -m analysis.benchmark                # every row group (an hour or more on 2 cores)
+    python -m analysis.benchmark --rows small   # some groups: small, sweep, scale, big
+    python -m analysis.benchmark --quick        # tiny smoke variant (seconds; used by the tests)
+    python -m analysis.benchmark --report-only  # rebuild report.md and figures from the CSVs
+
+Row groups (:mod:`.config`): ``small`` (MLP, ResNet-20 width 4 and ViT small enough for
+dense references, plus the MLP as a ``DataLoader``), ``sweep`` (MLP over N and n),
+``scale`` (11k, 106k and 1M parameters: MLP, ResNet-20 widths 10 and 32, a
+``transformers`` GPT-2) and ``big`` (ResNet-18, CIFAR variant, 11.2M parameters). Every
+scale/big model is timed with tensor batches and again as a non-shuffling ``DataLoader``
+(the 11k MLP also shuffling). A run of some groups merges its rows into the report
+folder, replacing only the workloads it timed, after every model.
 
 Threads default to ``OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE`` (set before torch is
 imported unless the caller set them). Every tool runs in this one process, on the same
@@ -18,7 +28,9 @@ Tasks (one row per tool, task and workload in ``results.csv``):
 * ``lambda_max`` -- the largest eigenvalue at relative tolerance ``1e-3``;
 * ``top10`` -- the ten largest eigenvalues at relative tolerance ``1e-3``;
 * ``trace`` -- the trace to 1% relative standard error (see :func:`task_trace`);
-* ``density`` -- the spectral density from 10 probes x 80 Lanczos steps.
+* ``density`` -- the spectral density from 10 probes x 80 Lanczos steps (fewer on the
+  scale rows);
+* ``blocks`` -- per-layer spectra (``curvature.block_spectra``), curvature only.
 
 Each row carries its accuracy against ground truth: the dense float64 Hessian
 (``cv.dense_hessian`` + ``eigvalsh``) where ``n <= DENSE_LIMIT``, otherwise ARPACK

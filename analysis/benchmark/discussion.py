@@ -62,6 +62,8 @@ def discussion(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: pd.
                 parts.append(text.PEER_FASTER.format(peer=r.peer, task=r.task, peer_s=r.peer_s,
                                                      curvature_s=r.curvature_s, why=why))
             out.append(f"{head} " + "; ".join(parts))
+        elif target.startswith("trace: >= 1x curvlinops"):
+            out.append(head + text.PEER_FASTER_TRACE + block_text(wl))
         elif target.startswith("trace"):
             ph = main[(main.workload == wl) & (main.task == "trace") & (main.tool == "pyhessian")]
             var = df[(df.workload == wl) & (df.task == "trace") & (df.tool == "pyhessian")]

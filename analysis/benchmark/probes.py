@@ -54,7 +54,7 @@ def matmat_scaling(w: Workload, ks: tuple[int, ...] = (1, 8, 32), repeats: int =
     grad = gradient_job(w)
     grad()
     t_grad = statistics.median(times(grad, 5))
-    ops = {"curvature": cv.HessianOperator(w.model, w.loss, w.batches)}
+    ops = {"curvature": cv.HessianOperator(w.model, w.loss, w.data)}
     try:
         ops["curvlinops"] = CurvlinopsTool(w).operator()[0]
     except Exception:

@@ -20,7 +20,14 @@ import pandas as pd
 from analysis.benchmark import text
 from analysis.benchmark.discussion import discussion
 from analysis.benchmark.figures import figures
-from analysis.benchmark.tables import density_edge_errors, ratio_table, summary_table, targets
+from analysis.benchmark.merge import merge_arrays, merge_truth
+from analysis.benchmark.tables import (
+    density_edge_errors,
+    ratio_table,
+    row_summary,
+    summary_table,
+    targets,
+)
 from analysis.benchmark.truth import Truth
 from analysis.harness.report import markdown_table, write_atomic
 from analysis.harness.workloads import Workload
@@ -67,6 +74,24 @@ def write_report(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: p
         "",
         text.ERROR_NOTE,
         "",
+        "## Rows at scale: one line per workload",
+        "",
+        text.SCALE_NOTE,
+        "",
+        markdown(row_summary(df, ratios),
+                 ["workload", "feed", "n_params", "n_data", "gradient_s", "hvp_fresh_grads",
+                  "hvp_warm_grads", "pyhessian_hvp_grads", "lambda_max_vs_pyhessian",
+                  "lambda_max_err", "pyhessian_lambda_max_err", "density_vs_pyhessian",
+                  "trace_vs_curvlinops", "blocks_s", "blocks_grads", "curvature_peak_mib"],
+                 {"gradient_s": ".3g", "hvp_fresh_grads": ".2f", "hvp_warm_grads": ".2f",
+                  "pyhessian_hvp_grads": ".2f", "lambda_max_err": ".1e",
+                  "pyhessian_lambda_max_err": ".1e",
+                  "curvature_peak_mib": ".0f", "n_params": "d", "n_data": "d"}),
+        "",
+    ]
+    if "scale.png" in made:
+        lines += ["![scale](scale.png)", "", text.SCALE_FIGURE_NOTE, ""]
+    lines += [
         "## Targets",
         "",
         markdown(pd.DataFrame(tg), ["workload", "target", "measured", "met"]),
@@ -97,7 +122,7 @@ def write_report(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: p
             "",
         ]
     lines += ["## Figures", "", text.FIGURES_NOTE, ""]
-    lines += [f"![{m}]({m})" for m in made if m != "scaling.png"]
+    lines += [f"![{m}]({m})" for m in made if m not in ("scaling.png", "scale.png")]
     if not prof.empty:
         lines += [
             "",
@@ -135,6 +160,8 @@ def write_report(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: p
                                       worst=r.worst_block_rel_error, block=r.worst_block),
             ]
     lines += ["", "## What missed, and why", ""] + discussion(df, ratios, tg, prof, mat)
+    if (out / "notes.md").exists():  # hand-written notes on this run, kept across renders
+        lines += ["", (out / "notes.md").read_text().strip()]
     lines += [
         "",
         "## Method notes",
@@ -149,16 +176,20 @@ def write_report(df: pd.DataFrame, ratios: pd.DataFrame, tg: list[dict], prof: p
 
 
 def save_artifacts(out: Path, extras: dict[str, Any], truths: dict[str, Truth],
-                   wls: list[Workload]) -> None:
-    """Ground truths (``truth.json``) and density estimates (``densities.npz``) for :func:`render`."""
+                   wls: list[Workload], merge: bool = False) -> None:
+    """Ground truths (``truth.json``) and density estimates (``densities.npz``) for
+    :func:`render`; ``merge``: keep an earlier run's entries of other workloads."""
     info = {}
     for w in wls:
         t = truths[w.name]
         info[w.name] = {"label": w.label, "n_params": w.n_params, "n_data": w.n_data,
                         "n_batches": len(w.batches), "sweep": w.sweep, "kind": t.kind,
+                        "feed": w.feed, "group": w.group,
                         "seconds": t.seconds, "top": [float(x) for x in t.top],
                         "trace": t.trace, "trace_stderr": t.trace_stderr,
                         "hutchinson_var": t.hutchinson_var}
+    if merge:
+        info = merge_truth(out / "truth.json", info)
     (out / "truth.json").write_text(json.dumps(info, indent=1))
     arrays = {}
     for wl, ex in extras.items():
@@ -167,6 +198,8 @@ def save_artifacts(out: Path, extras: dict[str, Any], truths: dict[str, Truth],
         for tool, (nodes, weights) in ex.get("density", {}).items():
             arrays[f"{wl}/{tool}/nodes"] = nodes
             arrays[f"{wl}/{tool}/weights"] = weights
+    if merge:
+        arrays = merge_arrays(out / "densities.npz", arrays, [w.name for w in wls])
     np.savez_compressed(out / "densities.npz", **arrays)
 
 

@@ -28,6 +28,7 @@ def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
                 continue
             out.append({
                 "workload": wl, "task": task, "peer": r.tool,
+                "feed": r.get("feed", "tensor"), "n_params": r.n_params,
                 "curvature_s": c.time_s, "peer_s": r.time_s,
                 "speedup": r.time_s / c.time_s,
                 "curvature_hvps": c.hvps, "peer_hvps": r.hvps,
@@ -35,7 +36,8 @@ def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
                 # speedup = hvp_ratio * per_hvp_ratio: fewer products vs cheaper products
                 "per_hvp_ratio": (r.time_s / r.hvps) / (c.time_s / c.hvps)
                 if c.hvps and r.hvps else math.nan,
-                "curvature_err": c.rel_error, "peer_err": r.rel_error,
+                # density without a trace reference (ResNet-18): the top-edge error
+                "curvature_err": _err(c), "peer_err": _err(r),
                 "curvature_mem_mib": c.peak_mem_mib, "peer_mem_mib": r.peak_mem_mib,
                 "peer_extrapolated": bool(r.extrapolated),
                 "peer_timed_out": r.status == "timeout",
@@ -43,6 +45,27 @@ def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
                 + f"{r.time_s / c.time_s:.2f}" + (" (extrap.)" if r.extrapolated else ""),
             })
     return pd.DataFrame(out)
+
+
+def _bound(g: pd.DataFrame, task: str, col: str, fmt: str) -> str:
+    """curvature's ``col`` on ``task`` as text: ``>= x`` when it was stopped at the time
+    limit (a lower bound), ``error`` when it failed, ``-`` when not run."""
+    s = g[(g.task == task) & (g.tool == "curvature")]
+    if s.empty:
+        return "-"
+    r = s.iloc[0]
+    if r.status == "error":
+        return "error"
+    return (">= " if r.status == "timeout" else "") + fmt.format(float(r[col]))
+
+
+def _err(r: pd.Series) -> float:
+    """A row's accuracy: ``rel_error``, or for a density without a trace reference its
+    top edge against the reference lambda_max (``density_lmax_rel_error``)."""
+    e = float(r.rel_error)
+    if math.isnan(e) and r.task == "density":
+        return float(r.get("density_lmax_rel_error", math.nan))
+    return e
 
 
 def summary_table(ratios: pd.DataFrame) -> str:
@@ -78,6 +101,13 @@ def targets(df: pd.DataFrame, ratios: pd.DataFrame) -> list[dict]:
                         "equal or better accuracy", "measured": f"{r.speedup:.2f}x; error "
                         f"{r.curvature_err:.1e} vs {r.peer_err:.1e}",
                         "met": bool(r.speedup >= need and acc)})
+        rc = ratios[(ratios.workload == wl) & (ratios.peer == "curvlinops")
+                    & (ratios.task == "trace")]
+        if len(rc):
+            r = rc.iloc[0]
+            out.append({"workload": wl, "target": "trace: >= 1x curvlinops (same Hutch++ budget)",
+                        "measured": f"{r.speedup:.2f}x; error {r.curvature_err:.1e} vs "
+                        f"{r.peer_err:.1e}", "met": bool(r.speedup >= 1.0)})
         r = ratio("trace")
         if r is not None:
             note = " ".join(m[(m.task == "trace") & (m.tool == "curvature")].note.astype(str))
@@ -101,6 +131,40 @@ def targets(df: pd.DataFrame, ratios: pd.DataFrame) -> list[dict]:
                         f"{r.peer} on {r.task} ({r.speedup:.2f}x)" for _, r in slower.iterrows()),
                     "met": bool(slower.empty)})
     return out
+
+
+def row_summary(df: pd.DataFrame, ratios: pd.DataFrame) -> pd.DataFrame:
+    """One line per main workload: size, feed, the gradient, products in gradients, the
+    speedups issue 17 sets targets for, the per-layer time and curvature's peak memory."""
+    main = df[df.sweep == ""]
+    out = []
+    for wl, g in main.groupby("workload", sort=False):
+        def cell(task: str, tool: str, col: str, g=g) -> float:
+            s = g[(g.task == task) & (g.tool == tool) & (g.status == "ok")]
+            return float(s[col].iloc[0]) if len(s) else math.nan
+
+        def speed(task: str, peer: str, wl=wl) -> str:
+            s = ratios[(ratios.workload == wl) & (ratios.task == task) & (ratios.peer == peer)]
+            return str(s.speedup_str.iloc[0]) if len(s) else "-"
+
+        mem = g[g.tool == "curvature"].peak_mem_mib
+        out.append({
+            "workload": wl, "feed": g.feed.iloc[0] if "feed" in g.columns else "tensor",
+            "n_params": int(g.n_params.iloc[0]), "n_data": int(g.n_data.iloc[0]),
+            "gradient_s": cell("gradient", "torch", "time_s"),
+            "hvp_fresh_grads": cell("hvp", "curvature", "time_in_gradients"),
+            "hvp_warm_grads": cell("hvp_warm", "curvature", "time_in_gradients"),
+            "pyhessian_hvp_grads": cell("hvp", "pyhessian", "time_in_gradients"),
+            "lambda_max_vs_pyhessian": speed("lambda_max", "pyhessian"),
+            "lambda_max_err": cell("lambda_max", "curvature", "rel_error"),
+            "pyhessian_lambda_max_err": cell("lambda_max", "pyhessian", "rel_error"),
+            "density_vs_pyhessian": speed("density", "pyhessian"),
+            "trace_vs_curvlinops": speed("trace", "curvlinops"),
+            "blocks_s": _bound(g, "blocks", "time_s", "{:.3g}"),
+            "blocks_grads": _bound(g, "blocks", "time_in_gradients", "{:.1f}"),
+            "curvature_peak_mib": float(mem.max()) if len(mem) else math.nan,
+        })
+    return pd.DataFrame(out)
 
 
 def density_edge_errors(df: pd.DataFrame, extras: dict[str, Any], info: dict[str, dict]) -> pd.DataFrame:

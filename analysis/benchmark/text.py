@@ -59,6 +59,47 @@ DENSITY_EDGE_NOTE = (
     "few probes."
 )
 
+# Above the per-workload table of the scale rows.
+SCALE_NOTE = (
+    "Groups (`--rows`): `small` (dense-truth-sized MLP, also as a `DataLoader`, ResNet-20 "
+    "width 4, ViT; full sizes: 3-5 repeats, 10 x 80 density, trace to 1%), `sweep` (MLP "
+    "over N and n), `scale` (MLP 64-150-10 at 11k parameters on the 1347 digits; "
+    "ResNet-20 width 10 at 106k on 32 synthetic CIFAR images; a `transformers` GPT-2, 4 "
+    "layers, n_embd 128, at 0.86M on 32 random-token sequences of 32; ResNet-20 width 32 "
+    "at 1.07M on 8 images) and `big` (ResNet-18, CIFAR variant, 11.2M, on 16 images). "
+    "Every scale and big model is also fed as a non-shuffling `DataLoader` (`-loader` "
+    "rows; the 11k MLP also as a shuffling one, `-loader-shuffle`), as PyHessian users "
+    "pass it; the loader rows time the gradient, the products, lambda_max and (except "
+    "`big`) the density. Sizes shrink with the model so that a group fits the 2-core "
+    "machine, which other sessions loaded to a load average of 13-18 during this run "
+    "(absolute times are several times those of an idle machine; ratios are taken "
+    "within one process, but with one repeat they carry that noise): the scale rows run "
+    "the solvers once (the products 2-3 times), the density is 2 probes x 40 Lanczos "
+    "steps (20 on the 1M rows, 16 on ResNet-18), per-layer spectra "
+    "(`curvature.block_spectra`, one block per top-level layer, per transformer block "
+    "for GPT-2) stop after 40 lockstep steps (10 on the 1M rows, 6 on ResNet-18, where "
+    "blocks are reported unconverged). The trace is Hutch++ at 30 products against "
+    "curvlinops at the same budget, and PyHessian's Hutchinson at the products it needs "
+    "for the same standard error, run up to 12 and extrapolated. ResNet-18 runs on 16 "
+    "examples, not the few hundred of issue 13: at 10-25 s per product on the loaded "
+    "machine a few hundred would not fit the session; it has no trace row (its "
+    "3 x 12-product runs alone would exceed the group's time) and no untimed warm-up "
+    "(the fresh product is the warm operator's first). PyHessian's density, where even "
+    "one probe would exceed the budget, runs fewer Lanczos steps and its time and "
+    "products are scaled to the full run (`extrapolated`; its error is that of the "
+    "shorter run). curvlinops' density is not run on the scale rows: its ARPACK "
+    "spectral boundaries alone cost more than the row's budget. Columns: `*_grads` = "
+    "seconds / one gradient on the same data; speedups = peer time / curvature time "
+    "(`>=`: peer stopped at the time limit; `extrap.`: extrapolated)."
+)
+SCALE_FIGURE_NOTE = (
+    "Log-log cost against parameter count over the tensor-fed rows (small, scale and "
+    "big groups; the models differ in kind, so the lines join different architectures "
+    "and the slopes are descriptive, not a law). Hollow markers: extrapolated or "
+    "stopped at the time limit (a lower bound). The lower-left panel's gradients per "
+    "product are the machine-independent measure."
+)
+
 # Above the figures.
 FIGURES_NOTE = (
     "Speedups per task (log scale; dotted: the 3x target). Bars from timed-out or "

@@ -69,7 +69,7 @@ class CurvatureTool:
         self.w = w
 
     def operator(self) -> cv.HessianOperator:
-        return cv.HessianOperator(self.w.model, self.w.loss, self.w.batches)
+        return cv.HessianOperator(self.w.model, self.w.loss, self.w.data)
 
     def hvp(self, v: Tensor, op: Any = None) -> tuple[Tensor, int]:
         op = self.operator() if op is None else op
@@ -90,9 +90,10 @@ class CurvatureTool:
         r = cv.trace(op, method="hutch++", num_matvecs=m, seed=seed)
         return r.estimate, r.stderr, op.num_matvecs
 
-    def density(self, cfg: Sizes, seed: int, probes: int) -> Scaled:
+    def density(self, cfg: Sizes, seed: int, probes: int, steps: int | None = None) -> Scaled:
         """``probes`` of the ``cfg.probes`` probes, advanced together; time and HVPs scaled
-        to all of them (conservative: a bigger block would batch better)."""
+        to all of them (conservative: a bigger block would batch better). Always runs
+        ``cfg.steps`` steps (``steps`` is for the peers' budget caps)."""
         op = self.operator()
         d = cv.spectral_density(op, num_steps=cfg.steps, num_probes=probes, seed=seed)
         weights = d.weights.reshape(-1).numpy() / probes
@@ -165,7 +166,7 @@ class PyHessianTool:
         self._cls = hessian
 
     def operator(self) -> tuple[Any, Counter]:
-        ph = self._cls(self.w.model, self.w.loss, dataloader=self.w.batches, cuda=False)
+        ph = self._cls(self.w.model, self.w.loss, dataloader=self.w.data, cuda=False)
         return ph, count_products(ph, "dataloader_hv_product")
 
     def _split(self, v: Tensor) -> list[Tensor]:
@@ -198,16 +199,20 @@ class PyHessianTool:
         torch.manual_seed(seed)
         return np.asarray(ph.trace(maxIter=m, tol=tol)), count.n
 
-    def density(self, cfg: Sizes, seed: int, probes: int) -> Scaled:
+    def density(self, cfg: Sizes, seed: int, probes: int, steps: int | None = None) -> Scaled:
         """``probes`` of the ``cfg.probes`` probes (each an identical, independent loop of
-        ``cfg.steps`` products); time and HVPs scaled to all of them."""
+        ``cfg.steps`` products), of ``steps`` Lanczos steps each (default ``cfg.steps``);
+        time and HVPs scaled to ``cfg.probes x cfg.steps`` (the cost per step is one
+        product plus a reorthogonalisation the products dwarf at these sizes)."""
+        steps = cfg.steps if steps is None else steps
         ph, count = self.operator()
         torch.manual_seed(seed)
         with torch_eig_shim():
-            nodes, weights = ph.density(iter=cfg.steps, n_v=probes)
+            nodes, weights = ph.density(iter=steps, n_v=probes)
         nodes = np.asarray(nodes, dtype=float).reshape(-1)
         weights = np.asarray(weights, dtype=float).reshape(-1) / probes
-        return Scaled((nodes, weights), count.n * cfg.probes / probes, 0.0, cfg.probes / probes)
+        scale = cfg.probes * cfg.steps / (probes * steps)
+        return Scaled((nodes, weights), count.n * scale, 0.0, scale)
 
 
 class CurvlinopsTool:
@@ -223,7 +228,7 @@ class CurvlinopsTool:
 
     def operator(self) -> tuple[Any, Counter]:
         H = self.cl.HessianLinearOperator(
-            self.w.model, self.w.loss, self.w.params, self.w.batches,
+            self.w.model, self.w.loss, self.w.params, self.w.data,
             check_deterministic=False, num_data=self.w.n_data,
         )
         return H, count_products(H, "_matmat", lambda M: int(M[0].shape[-1]))
@@ -254,9 +259,10 @@ class CurvlinopsTool:
         m3 = max(3, 3 * round(m / 3))
         return float(self.cl.hutchpp_trace(H, m3)), math.nan, count.n
 
-    def density(self, cfg: Sizes, seed: int, probes: int) -> Scaled:
+    def density(self, cfg: Sizes, seed: int, probes: int, steps: int | None = None) -> Scaled:
         """Spectral boundaries by ARPACK (what ``lanczos_approximate_spectrum`` does first),
-        then ``probes`` Lanczos runs; the probe part is scaled to ``cfg.probes``."""
+        then ``probes`` Lanczos runs of ``cfg.steps`` steps (``steps`` is not used: its
+        Lanczos is ARPACK-driven); the probe part is scaled to ``cfg.probes``."""
         from curvlinops.papyan2020traces.spectrum import approximate_boundaries
 
         t0 = time.perf_counter()

@@ -75,6 +75,21 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
+def _is_timeout(err: BaseException) -> bool:
+    """Whether ``err`` is our :class:`Timeout`, also when code it interrupted (TorchScript,
+    autograd's C++ engine) re-raised it wrapped in a ``RuntimeError`` that names it."""
+    if isinstance(err, Timeout):
+        return True
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, Timeout):
+            return True
+        e = e.__cause__ or e.__context__
+    return isinstance(err, RuntimeError) and "Timeout: <EMPTY MESSAGE>" in str(err)
+
+
 @dataclass
 class Scaled:
     """A job result measured on a part of the work: ``time = fixed + scale * rest``.
@@ -101,6 +116,7 @@ class Run:
     error: str = ""
     timed_out: bool = False
     extrapolated: bool = False
+    scale: float = 1.0  # whole / part run, for an extrapolated (Scaled) job
 
 
 def interleaved(jobs: dict[str, Callable[[], Any]], repeats: int, *, long_s: float,
@@ -126,20 +142,21 @@ def interleaved(jobs: dict[str, Callable[[], Any]], repeats: int, *, long_s: flo
                     with time_limit(timeout_s):
                         out = job()
                     dt = time.perf_counter() - t0
-            except Timeout:
+            except Exception as err:
+                if not _is_timeout(err):
+                    r.error = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                    log(f"    {name}: FAILED {r.error}")
+                    traceback.print_exc(limit=3, file=sys.stderr)
+                    continue
                 r.timed_out = True
                 r.seconds = [timeout_s]
                 r.mem_mib = mem["mib"]
                 log(f"    {name}: stopped after {timeout_s:g} s")
                 continue
-            except Exception as err:  # recorded and reported, never hidden
-                r.error = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-                log(f"    {name}: FAILED {r.error}")
-                traceback.print_exc(limit=3, file=sys.stderr)
-                continue
             if isinstance(out, Scaled):
                 dt = out.fixed_s + out.scale * (dt - out.fixed_s)
                 value, hvps, r.extrapolated = out.value, out.hvps, out.scale != 1
+                r.scale = out.scale
             else:
                 value, hvps = out
             r.seconds.append(dt)

@@ -3,7 +3,9 @@ the loss -- what every tool sees."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from sklearn.datasets import load_digits
@@ -13,7 +15,12 @@ import curvature as cv
 from curvature import models
 
 __all__ = ["Workload", "train_briefly", "mlp_digits", "resnet20_cifar", "vit_cifar",
-           "digits_all", "digits_batches", "seeded_vector"]
+           "resnet18_cifar", "ResNet18", "gpt2_tokens", "as_loader", "digits_all",
+           "digits_batches", "seeded_vector", "FEEDS"]
+
+FEEDS = ("tensor", "loader", "loader-shuffle")
+"""How a workload's data reaches the tools: the list of tensor batches, a non-shuffling
+``DataLoader`` over the same examples, or a shuffling one (as PyHessian users pass it)."""
 
 
 @dataclass
@@ -26,6 +33,16 @@ class Workload:
     batches: list[tuple[Tensor, Tensor]]
     loss: nn.Module = field(default_factory=nn.CrossEntropyLoss)
     sweep: str = ""  # "" for main workloads, "data"/"params" for the MLP sweeps
+    feed: str = "tensor"  # one of FEEDS
+    loader: Iterable[Any] | None = None  # the DataLoader when feed != "tensor"
+    group: str = "small"  # the row group (--rows) the workload belongs to
+    truth_key: str = ""  # workloads sharing a model and data share one ground truth
+    blocks: Any = None  # per-layer partition for block_spectra (None: the benchmark's kind)
+
+    @property
+    def data(self) -> Iterable[Any]:
+        """What every tool is given: the DataLoader, else the list of batches."""
+        return self.loader if self.loader is not None else self.batches
 
     @property
     def n_params(self) -> int:
@@ -33,7 +50,7 @@ class Workload:
 
     @property
     def n_data(self) -> int:
-        return sum(len(y) for _, y in self.batches)
+        return sum(len(x) for x, _ in self.batches)
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -94,6 +111,126 @@ def vit_cifar(dim: int, n_train: int, train_steps: int, batch: int, image: int =
     return Workload(f"vit{dim}-cifar{n_train}",
                     f"ViT dim {dim}, depth {depth}, {heads} heads, patch {patch}, 3x{image}x{image} "
                     f"synthetic N={n_train}", model, batches)
+
+
+def as_loader(w: Workload, shuffle: bool = False) -> Workload:
+    """The same model and examples as ``w``, given to the tools as a ``DataLoader`` over a
+    ``TensorDataset`` with ``w``'s batch size (``shuffle=True``: a new order every pass).
+    The model object is shared with ``w`` (same weights); ``batches`` keeps the in-order
+    list for the ground truth."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = torch.cat([b[0] for b in w.batches])
+    y = torch.cat([b[1] for b in w.batches])
+    gen = torch.Generator().manual_seed(0) if shuffle else None
+    loader = DataLoader(TensorDataset(x, y), batch_size=len(w.batches[0][1]), shuffle=shuffle,
+                        generator=gen)
+    feed = "loader-shuffle" if shuffle else "loader"
+    return Workload(f"{w.name}-{feed}", f"{w.label}; DataLoader{' (shuffle)' if shuffle else ''}",
+                    w.model, w.batches, w.loss, w.sweep, feed, loader, w.group,
+                    w.truth_key or w.name, w.blocks)
+
+
+class _Block18(nn.Module):
+    """Basic block of the CIFAR ResNet-18: two 3x3 conv + BN, projection shortcut
+    (1x1 conv + BN) where the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                          nn.BatchNorm2d(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18, CIFAR variant (3x3 stem, no max-pool; stages of 2 blocks with 64, 128,
+    256, 512 channels; He et al. 2016): ``[N, 3, 32, 32] -> [N, 10]``, 11,173,962
+    parameters at ``width=64``."""
+
+    def __init__(self, num_classes: int = 10, width: int = 64) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        c, stages = width, []
+        for i, mult in enumerate((1, 2, 4, 8)):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(_Block18(c, width * mult, stride),
+                                        _Block18(width * mult, width * mult, 1)))
+            c = width * mult
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.linear = nn.Linear(c, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.linear(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+
+
+def resnet18_cifar(n_train: int, train_steps: int, batch: int, width: int = 64) -> Workload:
+    """:class:`ResNet18` (BatchNorm in eval mode) on synthetic CIFAR-shaped images."""
+    torch.manual_seed(0)
+    ds = cv.load_dataset({"name": "synthetic-image", "n_train": n_train, "n_test": 1})
+    model = ResNet18(width=width)
+    batches = ds.train_batches(batch)
+    train_briefly(model, batches, train_steps, 1e-3)
+    return Workload(f"resnet18w{width}-cifar{n_train}",
+                    f"ResNet-18 CIFAR variant width {width} (BN, eval), 3x32x32 synthetic "
+                    f"N={n_train}", model, batches, group="scale")
+
+
+class _TokenLM(nn.Module):
+    """A causal LM as a classifier of every position: ``[B, T]`` token ids ->
+    ``[B, vocab, T - 1]`` next-token logits (class dimension second, as
+    ``nn.CrossEntropyLoss`` takes it; the targets ``[B, T - 1]`` are the ids shifted)."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lm(input_ids=x).logits[:, :-1].transpose(1, 2)
+
+
+def gpt2_tokens(n_embd: int, n_layer: int, n_train: int, batch: int, seq: int = 32,
+                vocab: int = 512, train_steps: int = 20) -> Workload:
+    """A GPT-2 from ``transformers`` (small config, random init, eager attention, no
+    dropout) on random token sequences with a repeated-bigram structure; the loss is
+    next-token cross-entropy averaged over positions (targets ``y = x[:, 1:]``)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=n_embd, n_layer=n_layer,
+                     n_head=max(1, n_embd // 32), resid_pdrop=0.0, embd_pdrop=0.0,
+                     attn_pdrop=0.0, attn_implementation="eager")
+    model = _TokenLM(GPT2LMHeadModel(cfg))
+    g = torch.Generator().manual_seed(1)
+    perm = torch.randperm(vocab, generator=g)
+    x = torch.randint(0, vocab, (n_train, seq), generator=g)
+    x[:, 1::2] = perm[x[:, 0::2]]  # every second token follows from the one before it
+    batches = [(x[i:i + batch], x[i:i + batch, 1:]) for i in range(0, n_train, batch)]
+    train_briefly(model, batches, train_steps, 1e-3)
+    # Per-layer blocks: the embeddings (token, tied with the LM head, and position), each
+    # transformer block, the final LayerNorm.
+    groups: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        parts = name.split(".")  # lm.transformer.<wte|wpe|h|ln_f>[.<i>]...
+        key = "embeddings" if parts[2] in ("wte", "wpe") else (
+            f"h.{parts[3]}" if parts[2] == "h" else parts[2])
+        groups.setdefault(key, []).append(name)
+    return Workload(f"gpt2d{n_embd}l{n_layer}-tok{n_train}",
+                    f"GPT-2 (transformers) {n_layer} layers, n_embd {n_embd}, vocab {vocab}, "
+                    f"sequences of {seq} random tokens N={n_train}", model, batches,
+                    group="scale", blocks=groups)
 
 
 def digits_all() -> tuple[Tensor, Tensor]:
