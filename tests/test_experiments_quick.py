@@ -78,12 +78,12 @@ def test_minima_quick(tmp_path):
 def test_lr_wd_heatmap_quick(tmp_path):
     out = tmp_path / "heat"
     _run_quick("lr_wd_heatmap", out)
-    md = _check_report(out, ["heatmaps.png", "lr_sensitivity.png"])
+    md = _check_report(out, ["heatmaps.png", "lr_sensitivity.png", "cellwise_ratio.png"])
     assert "## Verdicts" in md
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 3 * 2 * 2  # optimizers x learning rates x weight decays
+    assert len(runs) == 6 * 2 * 2 * 2  # optimizers x learning rates x weight decays x seeds
     _finite(runs[runs.status == "ok"], ["test_accuracy", "trace_test", "lambda_max_test"])
-    _finite(pd.read_csv(out / "sensitivity.csv"), ["test_acc_mean", "test_acc_std_over_lr"])
+    _finite(pd.read_csv(out / "summary.csv"), ["test_acc_mean", "lr_spread_mean"])
 
 
 def test_edge_of_stability_quick(tmp_path):
