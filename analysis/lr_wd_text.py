@@ -129,12 +129,29 @@ def write_report(s: Any, df: pd.DataFrame, summary: pd.DataFrame, cells: pd.Data
     return "\n".join(md)
 
 
+def _short(metric: str) -> str:
+    if metric.startswith("Tr("):
+        return "Tr, grid"
+    if "std of test accuracy" in metric:
+        return "LR spread"
+    if metric.startswith("test accuracy"):
+        return "accuracy, best cells"
+    if "where both trained" in metric:
+        return "λmax, trained cells"
+    if "best cell" in metric:
+        return "λmax, best cells"
+    return "λmax, grid"
+
+
 def _verdict_text(claims: pd.DataFrame, summary: pd.DataFrame) -> str:
     md = ["## Verdicts (at this scale)\n"]
     for claim, g in claims.groupby("claim", sort=False):
-        counts = g.verdict.value_counts().to_dict()
-        parts = ", ".join(f"{k}: {v}" for k, v in counts.items())
-        md.append(f"- **{claim}** -- {parts} (of {len(g)} comparisons: "
-                  + "; ".join(f"{r.comparison} ({r.metric.split(',')[0]}) {r.verdict}"
-                              for r in g.itertuples()) + ").")
+        parts = []
+        for v in ("holds", "does not hold", "inconclusive", "not testable at this scale"):
+            h = g[g.verdict == v]
+            if len(h):
+                parts.append(f"*{v}* against " + ", ".join(
+                    f"{r.comparison.split(' vs ')[-1]} ({_short(r.metric)})"
+                    for r in h.itertuples()))
+        md.append(f"- **{claim}**: " + "; ".join(parts) + ".")
     return "\n".join(md) + "\n"
