@@ -56,7 +56,7 @@ class Settings:
                                                             16.0, 32.0])
     losses: list[str] = field(default_factory=lambda: ["ce", "mse"])
     gd_steps: int = 300
-    sam_lrs: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3, 1.0])
+    sam_lrs: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 2.0, 4.0])
     rho: float = 0.05
     beta: float = 0.9
     batch_size: int = 64

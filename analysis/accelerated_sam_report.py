@@ -182,16 +182,19 @@ def fig_convergence(b: pd.DataFrame, tr: pd.DataFrame, out: Path) -> str:
         axes[2].plot([k - 0.25, k + 0.25], [geo(v)] * 2, color="black")
     axes[0].set_yscale("log")
     axes[0].set_xlabel("step")
-    axes[0].set_ylabel("full train loss (geometric mean over seeds)")
+    axes[0].set_ylabel("full train loss")
+    axes[0].set_title("geometric mean over seeds", fontsize=9)
     axes[1].set_yscale("log")
     axes[1].axhline(1, color="grey", ls=":", lw=0.8)
     axes[1].axhline(2, color="red", ls="--", lw=0.8)
     axes[1].set_xlabel("step")
-    axes[1].set_ylabel("step size x λmax(w_t)  (1: seed's rule, 2: GD edge)")
+    axes[1].set_ylabel("step size x λmax(w_t)")
+    axes[1].set_title("1 = seed's rule (grey), 2 = GD edge (red)", fontsize=9)
     axes[2].set_yscale("log")
     axes[2].set_xticks(range(len(keep)), labels=[k[2].replace(", ", ",\n").replace(": ", ":\n") for k in keep],
                        fontsize=7)
-    axes[2].set_ylabel("final train loss (dots: seeds; bar: geometric mean)")
+    axes[2].set_ylabel("final train loss")
+    axes[2].set_title("dots: seeds; bar: geometric mean", fontsize=9)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4,
                frameon=False)
     name = "convergence.png"

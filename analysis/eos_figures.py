@@ -148,5 +148,5 @@ def fig_window(df: pd.DataFrame, out: Path) -> str:
                  "window (seeds in colour). Period 2: ⟨g, v⟩ flips sign every step.",
                  fontsize=9)
     name = "eos_window.png"
-    plots.save_figure(fig, out / name, dpi=DPI)
+    plots.save_figure(fig, out / name, dpi=80)  # 15 panels: keep the PNG < 300 KB
     return name

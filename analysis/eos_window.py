@@ -197,13 +197,15 @@ def _window_findings(summary: pd.DataFrame) -> str:
     if len(rule):
         out.append(
             "- **Link to accelerated SAM's 1/lambda_max rule.** With eta = 1/lambda_max(w_0), "
-            "eta lambda_max starts at 1 (the seed's optimum) and ends at "
+            "eta lambda_max starts at 1 (the seed's optimum) and is, in the window, "
             + ", ".join(f"{g.eta_lambda_window_median.mean():.3g} ({run})"
                         for run, g in rule.groupby("run", sort=False))
-            + ": wherever progressive sharpening occurs, lambda_max grows until it meets GD's "
-            "stability limit 2/eta, so a step fixed at 1/lambda_max at the start is 2/lambda_max "
-            "-- the edge, not the seed's optimum -- once training has run. The rule computed "
-            "once is not kept by the dynamics; it must be re-estimated as training goes "
-            "(AcceleratedSAM does so from its SAM pairs, see reports/accelerated-sam, whose "
-            "trajectories log step x lambda_max(w_t)).\n")
+            + ". Progressive sharpening carries lambda_max up to GD's stability limit 2/eta (or "
+            "past it, while a catapult is still under way), so a step fixed at 1/lambda_max at "
+            "the start is 2/lambda_max or more -- the edge, not the seed's optimum -- once "
+            "training has run; GD still converges there (the loss keeps falling), so the rule is "
+            "'safe' only in the sense that the edge self-stabilises. The 1/lambda_max rule "
+            "computed once is not kept by the dynamics: it has to be re-estimated as training "
+            "goes, as AcceleratedSAM does from its SAM pairs (reports/accelerated-sam logs "
+            "step x lambda_max(w_t) for it, for SAM and for an oracle).\n")
     return "\n".join(out) + "\n"
