@@ -225,6 +225,16 @@ def _tables(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str, str]:
     return ta, markdown_table(pd.DataFrame(rows), "{:.3g}")
 
 
+def _edge_note(b: pd.DataFrame) -> str:
+    lrs = sorted(set(b[b.method == "SAM"].lr))
+    best = best_sam_lr(b)
+    if lrs and best == lrs[-1]:
+        return (f"**Caveat:** SAM's best learning rate ({best:g}) is the largest of its grid; "
+                "a larger one was not tried and might be better still, so the comparison "
+                "with SAM's best is against a baseline that may be under-tuned.\n")
+    return ""
+
+
 def rebuild(out: Path, s: Any, quick: bool) -> int:
     timer = Timer()
     a = pd.read_csv(out / "lr_multiples.csv")
@@ -260,7 +270,7 @@ def rebuild(out: Path, s: Any, quick: bool) -> int:
         f"{s.beta} with bias correction; the oracle's λmax(w_t) is refreshed every "
         f"{s.refresh} steps. SAM's grid: {s.sam_lrs} (best chosen on the same runs: an "
         "optimistic baseline).\n",
-        tb + "\n", f"![{figs[1]}]({figs[1]})\n",
+        tb + "\n", _edge_note(b), f"![{figs[1]}]({figs[1]})\n",
         "## Claims (paired over seeds)\n",
         claims_markdown(t) + "\n",
         "Notes: " + "; ".join(f"{r.comparison}: {r.note}" for r in t.itertuples() if r.note)

@@ -162,8 +162,12 @@ def fig_cell_ratios(cells: pd.DataFrame, s: Any, out: Path) -> str:
         _cells(ax, s, c == 0, True)
         ax.set_title(comp, fontsize=9)
     if im is not None:
-        fig.colorbar(im, ax=list(axes[0]), shrink=0.9, pad=0.01).set_label(
-            "λmax ratio SA-SAM / other (log)", fontsize=8)
+        cb = fig.colorbar(im, ax=list(axes[0]), shrink=0.9, pad=0.01)
+        cb.set_label("λmax ratio SA-SAM / other (log)", fontsize=8)
+        ticks = [t for t in (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8, 16)
+                 if 10 ** -span <= t <= 10 ** span]
+        cb.ax.minorticks_off()
+        cb.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
     fig.suptitle("λmax(H_test) of SA-SAM relative to each optimizer, cell by cell (geometric "
                  "mean over seeds; blue: SA-SAM flatter; * BH-adjusted p ≤ 0.05)", fontsize=9)
     name = "cellwise_ratio.png"
