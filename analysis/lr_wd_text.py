@@ -123,10 +123,37 @@ def write_report(s: Any, df: pd.DataFrame, summary: pd.DataFrame, cells: pd.Data
                   "hyperparameters\" needs SA-SAM lower in every cell.\n")
         md.append(markdown_table(_cell_counts(cells)) + "\n")
     md.append(_verdict_text(claims, summary))
+    md.append(_reading(df, summary, s))
     md.append("\n## Files\n\n- `runs.csv`: every (optimizer, lr, wd, seed) run; `summary.csv`, "
               "`cellwise.csv` (per-cell tests), `claims_detail.csv` and `claims_rows.csv` (the "
               "ledger's rows): the statistics above; rebuild with `--report-only`.\n")
     return "\n".join(md)
+
+
+def _reading(df: pd.DataFrame, summary: pd.DataFrame, s: Any) -> str:
+    """How to read the verdicts: where SA-SAM failed to train, negative traces."""
+    if "SA-SAM" not in set(df.optimizer) or not len(summary):
+        return ""
+    sa = df[(df.optimizer == "SA-SAM") & (df.status == "ok")]
+    st = summary.set_index("optimizer")
+    neg = int((sa.trace_test < 0).sum())
+    r = st.loc["SA-SAM"]
+    return (
+        "\n**Reading these verdicts.** (1) SA-SAM mostly did not train here: "
+        f"{int(r.did_not_train)}/{int(r.runs)} runs end above train loss {s.failed_loss} "
+        f"(median {r.train_loss_median:.3g}), so its curvature is measured away from a minimum. "
+        f"There its Tr(H_test) is small because positive and negative eigenvalues cancel "
+        f"({neg}/{len(sa)} SA-SAM runs have a negative trace) while its lambda_max is larger "
+        "than every other optimizer's: the trace rows 'hold' and the lambda_max rows do not, "
+        "and restricted to cells where both optimizers trained the lambda_max difference is "
+        "not significant. (2) SA-SAM's smaller spread over learning rates than SGD/SAM comes "
+        "from SGD and SAM not training at the smallest rates in this budget, and its "
+        f"Friedman p = {r.friedman_p:.2g} (no learning-rate effect) sits next to the lowest "
+        "mean accuracy: insensitive, but uniformly worse. SA-SGD is the optimizer that is "
+        f"both insensitive (Friedman p = {st.loc['SA-SGD', 'friedman_p']:.2g}) and accurate "
+        f"(mean {st.loc['SA-SGD', 'test_acc_mean']:.3g})" if "SA-SGD" in st.index else "") + (
+        ". (3) The poster's setting (VGG-19/ViT-S, CIFAR-10-C, tuned budgets) is not "
+        "reproduced at this scale; these are verdicts about a 2.4k-parameter MLP on digits.\n")
 
 
 def _short(metric: str) -> str:
