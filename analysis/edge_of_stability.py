@@ -31,11 +31,11 @@ Writes ``reports/edge-of-stability/``.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -43,7 +43,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import curvature as cv
-from analysis.harness.cli import base_parser
+from analysis.eos_figures import fig_gd, fig_sam, fig_summary, fig_window
+from analysis.eos_window import (
+    QUICK_WINDOW,
+    WindowSettings,
+    run_window,
+    window_section,
+    window_summary,
+)
+from analysis.harness.cli import base_parser, command_line
 from analysis.harness.report import (
     finish_report,
     markdown_table,
@@ -53,10 +61,7 @@ from analysis.harness.report import (
 )
 from analysis.harness.stats import fmt_pm, mean_ci, verdict
 from analysis.harness.timing import Timer
-from curvature import plots
 from curvature.optim import SAM
-
-DPI = 130
 
 
 def mse(out: Tensor, target: Tensor) -> Tensor:
@@ -228,105 +233,14 @@ def aggregate(per_run: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------- figures
-
-
-def fig_gd(df: pd.DataFrame, out: Path) -> str:
-    gd = df[df.method == "gd"]
-    with plots.style():
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.0))
-    for i, (eta, sub) in enumerate(gd.groupby("eta")):
-        c = f"C{i}"
-        for j, (_seed, r) in enumerate(sub.groupby("seed")):
-            ax.plot(r.step, r.lambda_max, color=c, lw=1.3 if j == 0 else 0.8,
-                    alpha=1.0 if j == 0 else 0.45,
-                    label=rf"GD $\eta$={eta:g}" + (" (other seeds faint)" if j == 0 else None)
-                    if j == 0 else None)
-            ax2.plot(r.step, r.loss, color=c, lw=1.1 if j == 0 else 0.7,
-                     alpha=1.0 if j == 0 else 0.45, label=rf"$\eta$={eta:g}" if j == 0 else None)
-        ax.axhline(2 / eta, color=c, ls="--", lw=1.0, label=rf"$2/\eta$ = {2 / eta:.3g}")
-    ax.set_xlabel("gradient-descent step")
-    ax.set_ylabel(r"$\lambda_{\max}(H)$ (loss / parameter$^2$)")
-    ax.set_title(r"sharpness rises to $2/\eta$ and hovers there")
-    ax.legend(frameon=False, fontsize=7, ncol=2)
-    ax2.set_yscale("log")
-    ax2.set_xlabel("gradient-descent step")
-    ax2.set_ylabel("training loss (MSE, log scale)")
-    ax2.set_title("loss keeps falling, non-monotonically")
-    ax2.legend(frameon=False, fontsize=7)
-    fig.suptitle("Full-batch GD, tanh MLP 64-64-64-10 on 1000 digits (Lanczos every few steps)")
-    name = "gd_edge_of_stability.png"
-    plots.save_figure(fig, out / name, dpi=DPI)
-    return name
-
-
-def fig_sam(df: pd.DataFrame, out: Path) -> str:
-    methods = [m for m in ("sam", "usam") if m in set(df.method)]
-    with plots.style():
-        fig, axes = plt.subplots(1, len(methods), figsize=(5.8 * len(methods), 4.1),
-                                 squeeze=False)
-    for ax, method in zip(axes[0], methods):
-        sub = df[df.method == method]
-        etas = sorted(set(sub.eta))
-        for i, ((eta, rho), r_all) in enumerate(sub.groupby(["eta", "rho"])):
-            c = f"C{i + 3}"
-            for j, (_seed, r) in enumerate(r_all.groupby("seed")):
-                ax.plot(r.step, r.lambda_max, color=c, lw=1.3 if j == 0 else 0.8,
-                        alpha=1.0 if j == 0 else 0.4,
-                        label=rf"$\lambda_{{\max}}$, $\rho$={rho:g}" if j == 0 else None)
-                if method == "sam":
-                    ax.plot(r.step, r.threshold, color=c, ls=":", lw=1.2 if j == 0 else 0.7,
-                            alpha=1.0 if j == 0 else 0.4,
-                            label=r"predicted SAM-edge $\lambda^*(t)$" if j == 0 else None)
-            if method == "usam":
-                ax.axhline(usam_threshold(eta, rho), color=c, ls=":", lw=1.3,
-                           label=rf"predicted $\eta(\lambda+\rho\lambda^2)=2$: {usam_threshold(eta, rho):.3g}")
-        for eta in etas:
-            ax.axhline(2 / eta, color="k", ls="--", lw=1.0, label=rf"GD edge $2/\eta$ = {2 / eta:.3g}")
-        ax.set_xlabel("step")
-        ax.set_ylabel(r"$\lambda_{\max}(H)$ (loss / parameter$^2$)")
-        ax.set_title("SAM (normalised ascent $\\rho g/\\|g\\|$)" if method == "sam"
-                     else "unnormalised SAM (ascent $\\rho g$)")
-        ax.legend(frameon=True, framealpha=0.9, fontsize=7,
-                  loc="center right" if method == "sam" else "lower right")
-    fig.suptitle(r"Full-batch SAM, same network and data, $\eta$ = "
-                 + ", ".join(f"{e:g}" for e in sorted(set(df[df.method != 'gd'].eta))))
-    name = "sam_edge_of_stability.png"
-    plots.save_figure(fig, out / name, dpi=DPI)
-    return name
-
-
-def fig_summary(agg: pd.DataFrame, out: Path) -> str:
-    with plots.style():
-        fig, ax = plt.subplots(figsize=(5.6, 4.4))
-    markers = {"gd": "o", "sam": "s", "usam": "^"}
-    seen = set()
-    for i, r in enumerate(agg.itertuples()):
-        ax.errorbar(r.threshold_settled_mean, r.lambda_settled_mean,
-                    xerr=np.nan_to_num(r.threshold_settled_std), yerr=np.nan_to_num(r.lambda_settled_std),
-                    fmt=markers[r.method], color=f"C{i}", ms=6, capsize=3,
-                    label=r.config)
-        seen.add(r.method)
-    lim = [0, 1.1 * float(np.nanmax(np.r_[agg.threshold_settled_mean, agg.lambda_settled_mean]))]
-    ax.plot(lim, lim, color="0.4", ls="--", lw=0.9, label="settled = predicted")
-    ax.set_xlim(lim)
-    ax.set_ylim(lim)
-    ax.set_xlabel(r"predicted stability threshold (loss / parameter$^2$)")
-    ax.set_ylabel(r"settled $\lambda_{\max}$ (median of last 40% of steps)")
-    ax.set_title("where sharpness settles vs. the quadratic-model threshold\n"
-                 "(o GD, s SAM, ^ unnormalised SAM; mean ± std over seeds)")
-    ax.legend(frameon=False, fontsize=6.5, loc="upper left")
-    name = "settled_vs_predicted.png"
-    plots.save_figure(fig, out / name, dpi=DPI)
-    return name
-
-
 # --------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.split("\n")[0], "reports/edge-of-stability",
                     report_only="rebuild statistics, figures and report.md from trajectories.csv")
+    p.add_argument("--window-only", action="store_true",
+                   help="run only the every-step window runs (keep trajectories.csv in --out)")
     args = p.parse_args(argv)
     s = QUICK if args.quick else Settings()
     if args.seeds:
@@ -336,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         return rebuild(out, s, args.quick)
     timer = Timer()
+    run_windows(out, QUICK_WINDOW if args.quick else WindowSettings(), timer)
+    if args.window_only:
+        return rebuild(out, s, args.quick)
     ds = cv.load_dataset(f"digits:n_train={s.n_train}")
     x = ds.x_train
     y = F.one_hot(ds.y_train, ds.num_classes).to(x.dtype)
@@ -354,6 +271,24 @@ def main(argv: list[str] | None = None) -> int:
     return rebuild(out, s, args.quick)
 
 
+def run_windows(out: Path, w: WindowSettings, timer: Timer) -> None:
+    """The every-step window runs of :mod:`analysis.eos_window` -> ``out/window.csv``."""
+    data = {name: cv.load_dataset(f"{name}:n_train={w.n_train}")
+            for name in dict.fromkeys(r[0] for r in w.runs)}
+    frames = []
+    for name, loss, kind, value, warmup in w.runs:
+        ds = data[name]
+        for seed in range(w.seeds):
+            frames.append(run_window(name, loss, kind, value, warmup, seed, ds.x_train,
+                                     ds.y_train, w))
+            last = frames[-1].iloc[-1]
+            print(f"[{timer.elapsed:6.0f} s] window {frames[-1].run.iloc[0]} seed {seed}: "
+                  f"eta*lambda = {last.eta * last.lambda_max:.4g}", flush=True)
+            pd.concat(frames).to_csv(out / "window.csv", index=False)
+    meta = {"command": command_line(), "runtime_s": timer.elapsed}
+    (out / "window_meta.json").write_text(json.dumps(meta, indent=1))
+
+
 def rebuild(out: Path, s: Settings, quick: bool) -> int:
     """Statistics, figures and report.md from ``out/trajectories.csv``."""
     timer = Timer()
@@ -363,14 +298,22 @@ def rebuild(out: Path, s: Settings, quick: bool) -> int:
     agg = aggregate(per_run)
     agg.to_csv(out / "settled_summary.csv", index=False)
     figs = [fig_gd(df, out), fig_sam(df, out), fig_summary(agg, out)]
+    window_md = ""
+    if (out / "window.csv").exists():
+        wdf = pd.read_csv(out / "window.csv")
+        wsum = window_summary(wdf, QUICK_WINDOW if quick else WindowSettings())
+        wsum.to_csv(out / "window_summary.csv", index=False)
+        window_md = window_section(wsum, fig_window(wdf, out), QUICK_WINDOW if quick
+                                   else WindowSettings())
     meta = read_run_meta(out)
-    write_report(out, s, agg, per_run, figs, timer, quick, meta)
+    write_report(out, s, agg, per_run, figs, timer, quick, meta, window_md)
     print(f"wrote {out / 'report.md'}; PNG sizes {png_sizes(out)}")
     return 0
 
 
 def write_report(out: Path, s: Settings, agg: pd.DataFrame, per_run: pd.DataFrame,
-                 figs: list[str], timer: Timer, quick: bool, meta: dict) -> None:
+                 figs: list[str], timer: Timer, quick: bool, meta: dict,
+                 window_md: str = "") -> None:
     md = ["# Edge of Stability: gradient descent and SAM\n"]
     md.append(
         "**Claims tested.** (1) Cohen et al. (2021, \"Gradient Descent on Neural Networks "
@@ -432,10 +375,13 @@ def write_report(out: Path, s: Settings, agg: pd.DataFrame, per_run: pd.DataFram
     })
     md.append(markdown_table(tbl) + "\n")
     md.append(verdicts(agg, per_run))
+    md.append(window_md)
     md.append(
         "\n## Files\n\n- `trajectories.csv`: every probe (step, loss, ||g||, lambda_max, "
         "Lanczos residual, threshold) of every run.\n- `settled_per_run.csv`, "
-        "`settled_summary.csv`: the settled values per run and over seeds.\n")
+        "`settled_summary.csv`: the settled values per run and over seeds.\n"
+        "- `window.csv` (every probe of the window runs, `window_meta.json` their command and "
+        "runtime), `window_summary.csv` (per run).\n")
     finish_report(out, "\n".join(md), timer, quick, runtime_s=meta.get("runtime_s"),
                   command=meta.get("command"), note=meta.get("note", ""))
 

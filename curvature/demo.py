@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,68 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def equal_loss_lambda(evaluations: Any, trajectory: Sequence[dict], target: float
+                      ) -> tuple[float, int, int] | None:
+    """``lambda_max`` where a run's training loss first reaches ``target``, interpolated
+    linearly in log(train loss) between the two checkpoints that bracket it; returns
+    ``(lambda, step before, step after)`` or ``None`` when the run never reaches it.
+
+    ``evaluations`` has columns ``step`` and ``train_loss`` (:func:`curvature.train.train`'s
+    checkpoint evaluations); ``trajectory`` rows ``{"step", "lambda_max"}``."""
+    lam = {int(r["step"]): float(r["lambda_max"]) for r in trajectory}
+    pts = [(int(st), float(lo)) for st, lo in zip(evaluations["step"], evaluations["train_loss"])
+           if int(st) in lam and lo > 0]
+    pts.sort()
+    for i, (st, lo) in enumerate(pts):
+        if lo <= target:
+            if i == 0:
+                return lam[st], st, st
+            st0, lo0 = pts[i - 1]
+            w = (np.log(lo0) - np.log(target)) / (np.log(lo0) - np.log(lo))
+            return (1 - w) * lam[st0] + w * lam[st], st0, st
+    return None
+
+
+def _headline(runs, results, trajectories, config) -> list[str]:
+    """What one seed can say: both runs at the end of the budget *and* at equal training
+    loss, with how much lambda_max was still moving; no verdict from one seed."""
+    names = [n for n in ("sgd", "sam") if n in results]
+    if len(names) < 2:
+        return []
+    final = {n: float(results[n].metadata.get("train_loss", np.nan)) for n in names}
+    traj = {n: sorted(trajectories[n], key=lambda r: r["step"]) for n in names}
+    if not all(len(traj[n]) >= 2 and np.isfinite(final[n]) for n in names):
+        return []
+    lam_end = {n: traj[n][-1]["lambda_max"] for n in names}
+    drift = {n: traj[n][-1]["lambda_max"] / traj[n][-2]["lambda_max"] - 1 for n in names}
+    last_gap = {n: traj[n][-1]["step"] - traj[n][-2]["step"] for n in names}
+    short = {n: runs[n]["short"] for n in names}
+    out = [
+        "**One seed, not a test.** This demo trains each optimizer once, from one initial "
+        "point; it shows what the tools measure, and cannot say whether SAM finds flatter "
+        "minima in general (for that, compare paired seeds: `reports/minima/` and the claims "
+        "ledger `reports/claims/`).",
+        "",
+        f"- At the end of the budget: λ_max {short['sgd']} {lam_end['sgd']:.3g}, "
+        f"{short['sam']} {lam_end['sam']:.3g} (ratio {lam_end['sgd'] / lam_end['sam']:.3g}); "
+        f"train loss {short['sgd']} {final['sgd']:.3g}, {short['sam']} {final['sam']:.3g}. "
+        "λ_max was still moving over the last checkpoint interval: "
+        + ", ".join(f"{short[n]} {100 * drift[n]:+.0f}% in {last_gap[n]} steps" for n in names)
+        + " -- neither run has settled, so the end-of-budget ratio depends on the budget.",
+    ]
+    target = max(final.values())
+    at = {n: equal_loss_lambda(results[n].evaluations, traj[n], target) for n in names}
+    if all(v is not None for v in at.values()):
+        out.append(
+            f"- At equal training loss ({target:.3g}, the higher of the two final losses; "
+            "λ_max interpolated in log-loss between the bracketing checkpoints): "
+            + ", ".join(f"{short[n]} {at[n][0]:.3g} (steps {at[n][1]}-{at[n][2]})"
+                        for n in names)
+            + f", ratio {at['sgd'][0] / at['sam'][0]:.3g}.")
+    out.append(f"- λ_max: full training set, Lanczos to relative residual {config.tol:g}.")
+    return out
+
+
 def _report(setup, runs, results, trajectories, table, quick, elapsed, config, data) -> str:
     mk = setup["model_kwargs"]
     n_train, n_test = len(data.x_train), len(data.x_test)
@@ -177,13 +239,7 @@ def _report(setup, runs, results, trajectories, table, quick, elapsed, config, d
             f"| {run['label']} | {_fmt(m.get('train_loss'))} | {_fmt(m.get('train_accuracy'))} | "
             f"{_fmt(m.get('test_loss'))} | {_fmt(m.get('test_accuracy'))} | "
             f"{_fmt(float(row['lambda_max']))} | {_fmt(float(row['lambda_min']))} | {trace} |")
-    lm = {n: float(r["lambda_max"]) for n, (_, r) in zip(runs, table.iterrows())}
-    if lm.get("sam") and lm.get("sgd"):
-        ratio = lm["sgd"] / lm["sam"]
-        verdict = ("SAM found the flatter minimum" if ratio > 1 else
-                   "SAM did not find a flatter minimum in this run")
-        lines += ["", f"**{verdict}**: λ_max(SGD) / λ_max(SAM) = {ratio:.3g} (full training "
-                  f"set, Lanczos to relative residual {config.tol:g})."]
+    lines += ["", *_headline(runs, results, trajectories, config)]
     lines += [
         "",
         "![training](training.png)",

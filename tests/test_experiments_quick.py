@@ -25,11 +25,11 @@ from analysis.harness.stats import mean_ci
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run_quick(module: str, out: Path) -> str:
+def _run_quick(module: str, out: Path, *extra: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE",
            "MPLBACKEND": "Agg"}
     proc = subprocess.run(
-        [sys.executable, "-m", f"analysis.{module}", "--quick", "--out", str(out)],
+        [sys.executable, "-m", f"analysis.{module}", "--quick", "--out", str(out), *extra],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -57,19 +57,29 @@ def _finite(df: pd.DataFrame, cols: list[str]) -> None:
 def test_lr_wd_heatmap_quick(tmp_path):
     out = tmp_path / "heat"
     _run_quick("lr_wd_heatmap", out)
-    md = _check_report(out, ["heatmaps.png", "lr_sensitivity.png"])
+    md = _check_report(out, ["heatmaps.png", "lr_sensitivity.png", "cellwise_ratio.png"])
     assert "## Verdicts" in md
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 3 * 2 * 2  # optimizers x learning rates x weight decays
+    assert len(runs) == 6 * 2 * 2 * 2  # optimizers x learning rates x weight decays x seeds
     _finite(runs[runs.status == "ok"], ["test_accuracy", "trace_test", "lambda_max_test"])
-    _finite(pd.read_csv(out / "sensitivity.csv"), ["test_acc_mean", "test_acc_std_over_lr"])
+    _finite(pd.read_csv(out / "summary.csv"), ["test_acc_mean", "lr_spread_mean"])
+    rows = pd.read_csv(out / "claims_rows.csv")
+    (out / "report.md").unlink()
+    _run_quick("lr_wd_heatmap", out, "--report-only")  # rebuilt from runs.csv alone
+    assert "## Verdicts" in (out / "report.md").read_text()
+    pd.testing.assert_frame_equal(pd.read_csv(out / "claims_rows.csv"), rows)
 
 
 def test_edge_of_stability_quick(tmp_path):
     out = tmp_path / "eos"
     _run_quick("edge_of_stability", out)
     _check_report(out, ["gd_edge_of_stability.png", "sam_edge_of_stability.png",
-                        "settled_vs_predicted.png"])
+                        "settled_vs_predicted.png", "eos_window.png"])
+    window = pd.read_csv(out / "window.csv")
+    _finite(window.dropna(subset=["lambda_max"]), ["lambda_max", "g_along_v", "eta"])
+    (out / "report.md").unlink()
+    _run_quick("edge_of_stability", out, "--report-only")
+    assert "every step" in (out / "report.md").read_text()
     traj = pd.read_csv(out / "trajectories.csv")
     assert set(traj.method) == {"gd", "sam", "usam"}
     _finite(traj, ["loss", "grad_norm", "lambda_max", "threshold"])
