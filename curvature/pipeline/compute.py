@@ -44,10 +44,13 @@ def _timed(timings: dict[str, float], key: str):
     return ctx()
 
 
-def _resolve_dtype(config: AnalysisConfig, device: torch.device) -> torch.dtype:
-    if config.dtype is not None:
-        return getattr(torch, config.dtype)
-    return torch.float64 if device.type == "cpu" else torch.float32
+def _resolve_dtype(config: AnalysisConfig, device: torch.device,
+                   num_params: int = 0) -> tuple[torch.dtype, str]:
+    """``(dtype, reason)``: :func:`curvature.memory.analysis_dtype` (float64 on CPU up to
+    its size threshold, float32 products with float64 bookkeeping above)."""
+    from curvature.memory import analysis_dtype
+
+    return analysis_dtype(num_params, device, config.dtype)
 
 
 def analyze(
@@ -90,11 +93,12 @@ def analyze(
     log = log or (lambda _m: None)
     ref = next(iter(model.parameters()))
     device = torch.device(config.device) if config.device else ref.device
-    dtype = _resolve_dtype(config, device)
+    num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    dtype, dtype_reason = _resolve_dtype(config, device, num_params)
     work = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     names = [k for k, p in work.named_parameters() if p.requires_grad]
-    num_params = sum(p.numel() for p in work.parameters() if p.requires_grad)
     k = min(config.top_k, num_params)
+    plan = memory_plan(config, num_params, dtype, work)
     want = set(config.metrics)
     timings: dict[str, float] = {}
     splits: dict[str, SplitAnalysis] = {}
@@ -120,7 +124,8 @@ def analyze(
                     with _timed(res.timings, f"eigenvalues_{which}"):
                         r = eigenvalues(op, k, which=which, tol=config.tol,
                                         max_matvecs=config.max_matvecs, seed=config.seed,
-                                        progress=config.progress)
+                                        progress=config.progress,
+                                        basis_size=plan["lanczos_basis_size"])
                     setattr(res, attr, r)
                     res.num_matvecs[f"eigenvalues_{which}"] = op.num_matvecs - before
             if "trace" in want:
@@ -128,16 +133,18 @@ def analyze(
                 before = op.num_matvecs
                 with _timed(res.timings, "trace"):
                     res.trace = trace(op, method="hutch++", num_matvecs=config.trace_matvecs,
-                                      seed=config.seed, progress=config.progress)
+                                      seed=config.seed, progress=config.progress,
+                                      sketch_size=plan["hutchpp_sketch_size"])
                 res.num_matvecs["trace"] = op.num_matvecs - before
             if "density" in want:
-                steps = min(config.density_steps, num_params)
+                steps = min(plan["density_steps"], num_params)
                 log(f"{split}: SLQ density, {config.density_probes} probes x {steps} steps")
                 before = op.num_matvecs
                 with _timed(res.timings, "density"):
                     res.density = spectral_density(
                         op, num_steps=steps, num_probes=config.density_probes,
-                        seed=config.seed, progress=config.progress)
+                        seed=config.seed, progress=config.progress,
+                        probe_block=plan["density_probe_block"])
                 res.num_matvecs["density"] = op.num_matvecs - before
         res.warnings = sorted({str(w.message).splitlines()[0] for w in caught})
         for w in res.warnings:
@@ -172,11 +179,12 @@ def analyze(
     if config.per_layer:
         from curvature.blockwise import block_spectra
 
-        log("train: per-layer spectra (one block per module)")
+        grouping = plan["per_layer_blocks"]
+        log(f"train: per-layer spectra (one block per {grouping})")
         with _timed(timings, "per_layer"):
             per_layer = block_spectra(
-                work, loss_fn, data, blocks="module", tol=config.tol,
-                max_steps=config.max_matvecs or 300, trace_matvecs=config.trace_matvecs,
+                work, loss_fn, data, blocks=grouping, tol=config.tol,
+                max_steps=plan["per_layer_steps"], trace_matvecs=config.trace_matvecs,
                 seed=config.seed, dtype=dtype, device=device, method=config.hvp_method,
                 density="density" in want, density_steps=config.density_steps,
                 density_probes=config.density_probes,
@@ -186,9 +194,31 @@ def analyze(
     timings["total"] = time.perf_counter() - t_all
     info = dict(info or {})
     info.setdefault("dtype", str(dtype).replace("torch.", ""))
+    info.setdefault("dtype_reason", dtype_reason)
+    info.setdefault("memory_plan", plan)
     info.setdefault("device", str(device))
     return Analysis(splits=splits, num_params=num_params, config=config, info=info,
                     timings=timings, per_layer=per_layer)
+
+
+def memory_plan(config: AnalysisConfig, n: int, dtype: torch.dtype, work: nn.Module) -> dict[str, Any]:
+    """Sizes of the stored vectors of each estimator under :data:`curvature.memory.VECTOR_BYTES`
+    (:mod:`curvature.memory`; ``None``: the estimator's default, which fits)."""
+    from curvature import memory
+
+    k = min(config.top_k, n)
+    steps, probe_block = memory.slq_plan(config.density_steps, config.density_probes, n, dtype)
+    per_layer_steps = config.max_matvecs or 300
+    return {
+        "vector_bytes": memory.VECTOR_BYTES,
+        "vectors": memory.vector_count(n, dtype),
+        "lanczos_basis_size": memory.lanczos_basis_size(k, n, dtype),
+        "hutchpp_sketch_size": memory.sketch_size(config.trace_matvecs, n, dtype),
+        "density_steps": steps,
+        "density_probe_block": probe_block,
+        "per_layer_blocks": memory.block_grouping(work, n, dtype) if config.per_layer else None,
+        "per_layer_steps": memory.block_steps(per_layer_steps, n, dtype),
+    }
 
 
 def _count(batches: Any, device) -> int:

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from curvature.atomic import atomic_directory
+from curvature.memory import memory_lines
 from curvature.pipeline.summary import Analysis
 
 __all__ = ["format_value", "write_analysis"]
@@ -153,6 +154,7 @@ def _report(analysis: Analysis, summary: dict[str, Any], figures, tables, title:
                    + (f"; hyperparameters `{json.dumps(hp)}`" if hp else ""))
     src.append(f"- {analysis.num_params} parameters, computed in {info.get('dtype')} on "
                f"{info.get('device')} in {analysis.timings.get('total', 0):.1f} s")
+    src += memory_lines(info)
     lines += src + ["", "## Curvature", ""]
     names = list(analysis.splits)
     rows = [
