@@ -49,6 +49,7 @@ from torch import Tensor, nn
 __all__ = [
     "FLOAT64_MAX_PARAMS",
     "GRAPH_BYTES",
+    "MODULE_BLOCKS_MAX",
     "VECTOR_BYTES",
     "analysis_dtype",
     "block_grouping",
@@ -74,6 +75,11 @@ GRAPH_BYTES = 2**30
 :func:`curvature.operators.hessian_products.saved_bytes`, which counts a tensor saved by
 two operations twice), which sets the largest batch of the Hessian products
 (:func:`product_batch_size`): 50 examples of the ResNet-18 in float32."""
+
+MODULE_BLOCKS_MAX = 24
+"""Most blocks of the ``"module"`` partition chosen by default for ``--per-layer``
+(:func:`block_grouping`); a model with more modules is grouped by top-level child."""
+
 
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
@@ -159,16 +165,20 @@ def block_steps(max_steps: int, n: int, dtype: torch.dtype, budget: float | None
 
 def block_grouping(model: nn.Module, n: int, dtype: torch.dtype, budget: float | None = None) -> str:
     """Partition of ``--per-layer``: ``"module"`` (one block per module owning parameters)
-    while the multi-column product of one column per block (the columns and their
-    products, ``2 x blocks`` vectors) takes at most a quarter of the vector budget; else
-    ``"layer"`` (one block per top-level child: for a ResNet the stem, the residual stages
-    and the head), which also makes each lockstep pass ``blocks`` times cheaper."""
+    when there are at most :data:`MODULE_BLOCKS_MAX` of them and their multi-column product
+    (one column per block and its product, ``2 x blocks`` vectors) takes at most a quarter
+    of the vector budget; else ``"layer"`` (one block per top-level child: for a ResNet the
+    stem, the residual stages and the head), unless that leaves a single block.
+
+    Every lockstep pass costs one second backward per column, so the grouping bounds
+    time as well as memory: a ResNet-18 has 62 modules with parameters (62 columns per
+    pass) and 7 top-level children."""
     from curvature.partition import partition
 
     blocks = len(partition(model, "module"))
-    if 2 * blocks <= vector_count(n, dtype, budget) // 4:
+    if blocks <= MODULE_BLOCKS_MAX and 2 * blocks <= vector_count(n, dtype, budget) // 4:
         return "module"
-    return "layer"
+    return "layer" if len(partition(model, "layer")) > 1 else "module"
 
 
 def product_batch_size(
