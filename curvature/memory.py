@@ -18,8 +18,8 @@ another), and leave today's defaults untouched wherever these fit:
   a single probe's basis does not fit; fewer steps mean fewer quadrature nodes);
 * :func:`sketch_size` -- the Hutch++ sketch (the remaining products go to the Hutchinson
   part, so the estimate stays unbiased with an honest standard error);
-* :func:`block_steps` and :func:`block_grouping` -- the per-block Lanczos steps and the
-  partition of ``--per-layer`` (one block per module while the multi-column product and
+* :func:`per_layer_plan` and :func:`block_grouping` -- the per-block Lanczos steps and
+  densities, and the partition of ``--per-layer`` (one block per module while the multi-column product and
   the bases fit, else one block per top-level child: stem, residual stages, head).
 
 The dtype (:func:`analysis_dtype`): float64 on CPU up to :data:`FLOAT64_MAX_PARAMS`
@@ -53,18 +53,20 @@ __all__ = [
     "VECTOR_BYTES",
     "analysis_dtype",
     "block_grouping",
-    "block_steps",
     "lanczos_basis_size",
+    "per_layer_plan",
     "product_batch_size",
     "sketch_size",
     "slq_plan",
     "vector_count",
 ]
 
-VECTOR_BYTES = 2**30
-"""Bound on the ``n``-vectors one estimator of an analysis stores (1 GiB): 24 parameter
-vectors of a ResNet-18 in float32, every default of today's estimators below ~4M
-parameters in float64."""
+VECTOR_BYTES = 3 * 2**29
+"""Bound on the ``n``-vectors one estimator of an analysis stores (1.5 GiB): 36 parameter
+vectors of a ResNet-18 in float32; every default of today's estimators fits up to about
+2.5M parameters in float64. With the process itself (~0.6 GB: interpreter, torch, model
+copies) and one product's graph (:data:`GRAPH_BYTES`) this keeps an analysis of the
+ResNet-18 under 4 GB."""
 
 FLOAT64_MAX_PARAMS = 2**21
 """Largest model (2,097,152 parameters) analysed in float64 on CPU by default; above it
@@ -157,10 +159,48 @@ def sketch_size(num_matvecs: int, n: int, dtype: torch.dtype, budget: float | No
     return max(1, (fit - 2) // 2)
 
 
-def block_steps(max_steps: int, n: int, dtype: torch.dtype, budget: float | None = None) -> int:
-    """Per-block Lanczos steps of :func:`curvature.block_spectra`: every block stores
-    ``n_b x steps`` numbers, so all blocks together hold ``steps`` parameter vectors."""
-    return max(2, min(max_steps, vector_count(n, dtype, budget) - 2))
+def per_layer_plan(
+    model: nn.Module,
+    n: int,
+    dtype: torch.dtype,
+    max_steps: int,
+    density: bool,
+    density_steps: int,
+    density_probes: int,
+    budget: float | None = None,
+) -> dict[str, Any]:
+    """Grouping, steps and densities of :func:`curvature.block_spectra` under the budget.
+
+    Its storage, in parameter vectors (each block stores ``n_b`` numbers per vector, so
+    all blocks together store ``n``): the Lanczos bases (``steps``), the SLQ bases of the
+    block densities (``probes x density_steps``) and the columns of one multi-column
+    product and their products (``2 x blocks x (1 + probes)``). The blocks come from
+    :func:`block_grouping`; then the Lanczos steps are capped to fit (at least 2); the
+    densities keep their probes and steps if the rest fits, else fewer probes (at least 1),
+    else fewer steps (at least 10), else they are left out and ``note`` says so.
+    """
+    from curvature.partition import partition
+
+    fit = vector_count(n, dtype, budget)
+    grouping = block_grouping(model, n, dtype, budget)
+    blocks = len(partition(model, grouping))
+    steps = max(2, min(max_steps, fit - 2 * blocks))
+    out = {"per_layer_blocks": grouping, "per_layer_steps": steps,
+           "per_layer_density": density, "per_layer_density_steps": density_steps,
+           "per_layer_density_probes": density_probes, "per_layer_note": ""}
+    if not density:
+        return out
+    left = fit - steps - 2 * blocks
+    for probes in range(density_probes, 0, -1):
+        m = min(density_steps, (left - 2 * blocks * probes) // probes)
+        if m >= min(density_steps, 10):
+            out.update(per_layer_density_steps=m, per_layer_density_probes=probes)
+            return out
+    out.update(per_layer_density=False, per_layer_note=(
+        f"per-block densities left out: {density_probes} probes x {density_steps} steps per "
+        f"block do not fit the {fit} parameter vectors of the memory bound next to "
+        f"{steps} Lanczos steps"))
+    return out
 
 
 def block_grouping(model: nn.Module, n: int, dtype: torch.dtype, budget: float | None = None) -> str:
@@ -237,7 +277,8 @@ def memory_lines(info: dict[str, Any]) -> list[str]:
                        f"{plan['density_probe_block']} probe(s) at a time")
     if plan.get("per_layer_blocks"):
         changed.append(f"per-layer blocks by {plan['per_layer_blocks']}, "
-                       f"at most {plan['per_layer_steps']} Lanczos steps per block")
+                       f"at most {plan['per_layer_steps']} Lanczos steps per block"
+                       + (f" ({plan['per_layer_note']})" if plan.get("per_layer_note") else ""))
     bound = plan.get("vector_bytes", VECTOR_BYTES) / 2**30
     lines.append(f"- memory: stored vectors of each estimator within {bound:g} GiB "
                  f"({plan.get('vectors')} parameter vectors)"

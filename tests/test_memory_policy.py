@@ -101,12 +101,41 @@ def test_slq_plan_and_sketch_size_leave_defaults_when_they_fit():
     assert memory.slq_plan(60, 8, 1000, torch.float64) == (60, None)
     assert memory.sketch_size(90, 1000, torch.float64) is None
     assert memory.lanczos_basis_size(5, 10**6, torch.float64) is None
-    # ResNet-18 in float32: 24 vectors of 11.17M parameters fit 1 GiB
+    # ResNet-18 in float32: 36 vectors of 11.17M parameters fit 1.5 GiB
     n = 11_173_962
-    assert memory.vector_count(n, torch.float32) == 24
-    assert memory.slq_plan(60, 8, n, torch.float32) == (22, 1)
-    assert memory.lanczos_basis_size(5, n, torch.float32) == 19
-    assert memory.sketch_size(90, n, torch.float32) == 11
+    assert memory.vector_count(n, torch.float32) == 36
+    assert memory.slq_plan(60, 8, n, torch.float32) == (34, 1)
+    assert memory.lanczos_basis_size(5, n, torch.float32) == 31
+    assert memory.sketch_size(90, n, torch.float32) == 17
+
+
+def test_per_layer_plan_bounds_blocks_steps_and_densities(monkeypatch):
+    """A 20-vector budget on a 2-block model: 4 vectors of columns, 16 Lanczos steps, no
+    room left for densities, which are left out and said so; with 60 vectors the densities
+    get fewer probes. The per-block extremes of an analysis equal the dense blocks'."""
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Tanh(), nn.Linear(2, 2, bias=False))
+    n = 8
+    monkeypatch.setattr(memory, "VECTOR_BYTES", 20 * n * 8)
+    plan = memory.per_layer_plan(model, n, torch.float64, 300, True, 40, 4)
+    assert plan["per_layer_blocks"] == "module"
+    assert plan["per_layer_steps"] == 16  # 20 - 2 x 2 blocks
+    assert plan["per_layer_density"] is False and "left out" in plan["per_layer_note"]
+    monkeypatch.setattr(memory, "VECTOR_BYTES", 60 * n * 8)
+    plan = memory.per_layer_plan(model, n, torch.float64, 20, True, 40, 4)
+    # 60 - 20 steps - 4 columns = 36 left; 4 probes need 4 x 40 + 16: fewer probes
+    assert plan["per_layer_density"] and plan["per_layer_density_probes"] < 4
+    probes, steps = plan["per_layer_density_probes"], plan["per_layer_density_steps"]
+    assert probes * steps + 2 * 2 * probes <= 36 and steps >= 10
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(30, 2, generator=gen), torch.randint(0, 2, (30,), generator=gen)
+    res = analyze(model, nn.functional.cross_entropy, (x, y), metrics=("eigenvalues",),
+                  top_k=1, per_layer=True, tol=1e-8, dtype="float64")
+    H = cv.dense_hessian(model.double(), nn.functional.cross_entropy, (x.double(), y)).numpy()
+    model.float()
+    for b, (s, e) in zip(res.per_layer.blocks, ((0, 4), (4, 8))):
+        ev = np.linalg.eigvalsh(H[s:e, s:e])
+        assert b.lambda_max == pytest.approx(ev[-1], rel=1e-7, abs=1e-10)
+        assert b.lambda_min == pytest.approx(ev[0], rel=1e-7, abs=1e-10)
 
 
 def test_block_grouping(monkeypatch):

@@ -186,9 +186,12 @@ def analyze(
                 work, loss_fn, data, blocks=grouping, tol=config.tol,
                 max_steps=plan["per_layer_steps"], trace_matvecs=config.trace_matvecs,
                 seed=config.seed, dtype=dtype, device=device, method=config.hvp_method,
-                density="density" in want, density_steps=config.density_steps,
-                density_probes=config.density_probes,
+                density=plan["per_layer_density"],
+                density_steps=plan["per_layer_density_steps"],
+                density_probes=plan["per_layer_density_probes"],
             )
+        if plan["per_layer_note"]:
+            log(f"train: per-layer: {plan['per_layer_note']}")
         if not per_layer.converged:
             log(f"train: per-layer: {per_layer.message}")
     timings["total"] = time.perf_counter() - t_all
@@ -208,7 +211,11 @@ def memory_plan(config: AnalysisConfig, n: int, dtype: torch.dtype, work: nn.Mod
 
     k = min(config.top_k, n)
     steps, probe_block = memory.slq_plan(config.density_steps, config.density_probes, n, dtype)
-    per_layer_steps = config.max_matvecs or 300
+    per_layer = {}
+    if config.per_layer:
+        per_layer = memory.per_layer_plan(
+            work, n, dtype, config.max_matvecs or 300, "density" in config.metrics,
+            config.density_steps, config.density_probes)
     return {
         "vector_bytes": memory.VECTOR_BYTES,
         "vectors": memory.vector_count(n, dtype),
@@ -216,8 +223,8 @@ def memory_plan(config: AnalysisConfig, n: int, dtype: torch.dtype, work: nn.Mod
         "hutchpp_sketch_size": memory.sketch_size(config.trace_matvecs, n, dtype),
         "density_steps": steps,
         "density_probe_block": probe_block,
-        "per_layer_blocks": memory.block_grouping(work, n, dtype) if config.per_layer else None,
-        "per_layer_steps": memory.block_steps(per_layer_steps, n, dtype),
+        "per_layer_blocks": None,
+        **per_layer,
     }
 
 

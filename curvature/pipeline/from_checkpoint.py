@@ -119,10 +119,10 @@ def _memory_batch_size(model, loss_fn, x: Tensor, y: Tensor, batch_size: int | N
         cap = memory.product_batch_size(model, loss_fn, x, y, dtype)
     except Exception:  # noqa: BLE001 - no second derivatives etc.: the analysis says why
         return batch_size
-    want = len(x) if batch_size is None else batch_size
+    want = len(x) if batch_size is None else min(batch_size, len(x))
     if want <= cap:
         return batch_size
-    size = -(-min(want, len(x)) // -(-min(want, len(x)) // cap))  # equal batches of <= cap
+    size = -(-want // -(-want // cap))  # equal batches of at most cap examples
     if log is not None:
         log(f"batches of {size} examples (not {want}): one batch's gradient graph stays "
             f"within {memory.GRAPH_BYTES / 2**30:g} GiB (curvature.memory.GRAPH_BYTES)")

@@ -62,7 +62,8 @@ def _write_into(folder: Path, analysis: Analysis, summary, tables, title, figure
             from curvature.plots import per_block_figure
 
             per_block_figure(analysis.per_layer, folder / "per_layer.png")
-            made.append(("per_layer.png", "Per-module blocks of the Hessian (training split) "
+            grouping = (analysis.info.get("memory_plan") or {}).get("per_layer_blocks") or "module"
+            made.append(("per_layer.png", f"Per-{grouping} blocks of the Hessian (training split) "
                          "in model order: the largest (filled) and smallest (open) eigenvalue "
                          "of each diagonal block and its trace with a +-2 standard-error bar; "
                          "table in per_layer.csv."))
@@ -71,7 +72,7 @@ def _write_into(folder: Path, analysis: Analysis, summary, tables, title, figure
 
                 per_block_density_figure(analysis.per_layer, folder / "per_layer_density.png")
                 made.append(("per_layer_density.png", "Spectral density (SLQ, log scale) of "
-                             "each per-module diagonal block of the Hessian, side by side in "
+                             f"each per-{grouping} diagonal block of the Hessian, side by side in "
                              "model order."))
     (folder / "report.md").write_text(_report(analysis, summary, made, tables, title))
 
