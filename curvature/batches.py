@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from curvature.errors import DataWarning
+
 __all__ = [
     "as_batches", "batch_size_of", "check_pair", "check_reduction", "map_tensors", "model_args",
     "to_device",
@@ -258,7 +260,7 @@ def check_reduction(
         warnings.warn(
             message + "; with a single batch both give the Hessian of loss_fn on it, so "
             "this result is right, but several batches would be refused",
-            UserWarning,
+            DataWarning,
             stacklevel=4,
         )
         return kind

@@ -69,6 +69,7 @@ def block_spectra(
     max_columns: int | None = None,
     chunk_size: int | None = None,
     cache_graphs: bool | None = None,
+    on_product: Callable[[int], None] | None = None,
 ) -> BlockSpectra:
     """Extreme eigenvalues, trace and optionally the density of each diagonal Hessian block.
 
@@ -98,6 +99,8 @@ def block_spectra(
         probes of ``min(density_steps, n_b)`` Lanczos steps.
     seed : int, optional
         Seeds the start vectors and probes.
+    on_product : callable, optional
+        ``on_product(columns)`` after every product (a progress bar's update).
     max_columns : int, optional
         Most columns in one product. Default: every active Lanczos run of a step in one
         product (one pass per step; memory ``2 x blocks x n`` numbers for the columns and
@@ -192,6 +195,8 @@ def block_spectra(
             HV.append(op.matmat(V))
             check_finite(HV[-1], "block_spectra", passes)
             passes += 1
+            if on_product is not None:
+                on_product(V.shape[1])
         HV = torch.cat(HV, dim=1)
         columns += len(cols)
         eig_out, slq_out = {}, {}

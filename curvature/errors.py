@@ -12,6 +12,8 @@ __all__ = [
     "CheckpointError",
     "CheckpointNotFoundError",
     "ConvergenceWarning",
+    "CurvatureWarning",
+    "DataWarning",
     "DoubleBackwardError",
     "InputError",
     "ModelFactoryError",
@@ -21,7 +23,17 @@ __all__ = [
 ]
 
 
-class ConvergenceWarning(UserWarning):
+class CurvatureWarning(UserWarning):
+    """Base of the warnings curvature itself issues (an analysis records these, and only
+    these, in its report)."""
+
+
+class DataWarning(CurvatureWarning):
+    """The data are not what the computation assumes (streamed data that change between
+    passes, a summed loss over one batch); the message says what to pass instead."""
+
+
+class ConvergenceWarning(CurvatureWarning):
     """An iterative estimator stopped before reaching its tolerance (budget spent, or the
     accuracy of its products does not allow it); the result says ``converged=False``."""
 

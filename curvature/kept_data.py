@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from curvature.batches import batch_size_of
+from curvature.errors import DataWarning
 
 __all__ = ["DataKeeper", "examples_of", "reorders_only", "same_batch"]
 
@@ -195,6 +196,7 @@ class DataKeeper:
             f"the data are streamed on every pass: {why}, so every product sees different "
             "data (a different operator); pass a list of batches, a loader without "
             "augmentation, or cache_data=True to keep the first pass",
+            DataWarning,
             stacklevel=4,
         )
         return chain([first], stream)

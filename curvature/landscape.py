@@ -33,6 +33,7 @@ batch per chunk); models that ``vmap`` cannot handle fall back to one point at a
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -355,7 +356,8 @@ def loss_landscape_1d(
     d = _direction(direction, ev.w0.numel(), "direction").to(ev.device, ev.dtype)
     W = ev.w0[None, :] + a.to(ev.device, ev.dtype)[:, None] * d[None, :]
     W = torch.cat([ev.w0[None, :], W])
-    loss, acc = ev.evaluate(W, max(1, int(chunk_size)), progress, f"landscape 1-D ({label})")
+    plain = re.sub(r"[$\\{}]", "", label)  # a plot label may be LaTeX; a bar label is plain
+    loss, acc = ev.evaluate(W, max(1, int(chunk_size)), progress, f"landscape 1-D ({plain})")
     return Landscape(
         coords=(a,),
         loss=loss[1:],

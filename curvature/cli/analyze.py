@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from curvature.cli.arguments import HelpFormatter, add_common, json_object, metrics
+from curvature.cli.arguments import HelpFormatter, add_common, duration, json_object, metrics
 from curvature.cli.arguments import positive_float as number
 from curvature.cli.arguments import positive_int as count
 from curvature.cli.environment import (
@@ -72,6 +72,12 @@ def register(sub: Any) -> None:
                     help="loss (default: recorded, else from the dataset's task)")
     an.add_argument("--out", required=True, help="output folder")
     g = an.add_argument_group("analysis")
+    g.add_argument("--budget", type=duration, default=None,
+                   help="wall-time budget of the analysis: 90s, 5m, 1h or seconds; the "
+                        "settings below are the most each metric spends, lowered to fit "
+                        "(what is cut is reported as not converged); a plan is printed "
+                        "first (default: the time of every setting below, at most 10 "
+                        "minutes, 15 with --per-layer)")
     defaults = AnalysisConfig()
     for option, kind, text in _CONFIG_OPTIONS:
         g.add_argument(option, type=kind, default=getattr(defaults, _field(option)), help=text)
@@ -100,7 +106,7 @@ def _config(args: argparse.Namespace):
     return AnalysisConfig(
         **{_field(option): getattr(args, _field(option)) for option, _, _ in _CONFIG_OPTIONS},
         seed=args.seed, dtype=args.dtype, device=args.device, progress=not args.quiet,
-        hvp_method=args.hvp_method, per_layer=args.per_layer,
+        hvp_method=args.hvp_method, per_layer=args.per_layer, budget=args.budget,
     )
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "Parser",
     "UsageError",
     "add_common",
+    "duration",
     "json_object",
     "metrics",
     "positive_float",
@@ -69,6 +70,17 @@ def positive_float(text: str) -> float:
     if not (v > 0 and math.isfinite(v)):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return v
+
+
+def duration(text: str) -> float:
+    """A wall time: ``90s``, ``5m``, ``1h`` or plain seconds; returns seconds."""
+    from curvature.errors import InputError
+    from curvature.pipeline.plan import parse_budget
+
+    try:
+        return parse_budget(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def json_object(text: str) -> dict[str, Any]:

@@ -7,6 +7,11 @@ Split by concern:
 * :mod:`~curvature.pipeline.compute` -- :func:`analyze`: runs the estimators
   (Lanczos extremes, Hutch++ trace, SLQ density, loss landscapes) on the training and
   test data and returns an :class:`Analysis`;
+* :mod:`~curvature.pipeline.costs` -- measured seconds of a Hessian product, a gradient
+  and a landscape point on the actual model and data;
+* :mod:`~curvature.pipeline.plan` -- the budget (``AnalysisConfig.budget``,
+  ``--budget``) shared across the metrics: products per metric, planned and used;
+* :mod:`~curvature.pipeline.meter` -- the one progress bar of an analysis;
 * :mod:`~curvature.pipeline.summary` -- the result types :class:`Analysis` /
   :class:`SplitAnalysis` and their JSON summary;
 * :mod:`~curvature.pipeline.write` -- :func:`write_analysis`: ``summary.json``, CSV

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -29,7 +30,11 @@ from torch import Tensor, nn
 from curvature import memory
 from curvature.batches import batch_size_of, model_args
 from curvature.data_loop import DataLoop
+from curvature.errors import CurvatureWarning
 from curvature.pipeline.config import AnalysisConfig, resolve_config
+from curvature.pipeline.costs import measure_costs, point_seconds
+from curvature.pipeline.meter import MeteredOperator, analysis_bar
+from curvature.pipeline.plan import Plan, make_plan
 from curvature.pipeline.summary import Analysis, SplitAnalysis
 
 __all__ = ["analyze"]
@@ -91,7 +96,7 @@ def analyze(
     from curvature.operators import HessianOperator
 
     config = resolve_config(config, overrides)
-    log = log or (lambda _m: None)
+    log = log or _silent
     ref = next(iter(model.parameters()))
     device = torch.device(config.device) if config.device else ref.device
     num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -101,110 +106,204 @@ def analyze(
     work = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     names = [k for k, p in work.named_parameters() if p.requires_grad]
     k = min(config.top_k, num_params)
-    plan = memory_plan(config, num_params, dtype, work)
+    mem = memory_plan(config, num_params, dtype, work)
     want = set(config.metrics)
     timings: dict[str, float] = {}
     splits: dict[str, SplitAnalysis] = {}
-    directions: dict[str, tuple[Tensor, ...]] = {}
     t_all = time.perf_counter()
 
     datasets = [("train", data)] + ([("test", test_data)] if test_data is not None else [])
+    ops, grads = {}, {}
     for split, batches in datasets:
-        op = HessianOperator(
+        ops[split] = HessianOperator(
             work, loss_fn, batches, method=config.hvp_method, device=device, dtype=dtype
         )
         with _timed(timings, f"{split}_loss_gradient"):
-            g = op.gradient()
-            loss = op.loss()
+            grads[split] = ops[split].gradient()
+            loss = ops[split].loss()
         acc = _accuracy(work, batches, device, dtype)
-        res = SplitAnalysis(split, _count(batches, device), loss, acc, float(g.double().norm()))
+        splits[split] = SplitAnalysis(split, _count(batches, device), loss, acc,
+                                      float(grads[split].double().norm()))
+
+    plan = _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings,
+                 {s: a.num_examples for s, a in splits.items()}, mem["per_layer_blocks"])
+    if log is not _silent:
+        log(plan.line())
+    elif config.progress:
+        print(plan.line(), file=sys.stderr, flush=True)
+    bar = analysis_bar(plan.progress_total(), config.progress)
+    state: dict[str, Any] = {}
+
+    def tick(columns: float) -> None:
+        bar.update(plan.progress_units(state["item"], columns))
+
+    def start(name: str, text: str) -> Any:
+        it = plan.grant(name)
+        state["item"] = it
+        bar.total += plan.progress_units(it, it.granted - it.planned)
+        if it.settings is None:
+            log(f"{name.replace('/', ': ')}: skipped: budget")
+            return None
+        if bar.disable:
+            log(text)
+        else:
+            bar.set_description_str(text)
+        return it.settings
+
+    def spend(name: str, used: int) -> None:
+        it = plan[name]
+        bar.total -= plan.progress_units(it, it.granted - used)
+        plan.spend(name, used)
+        bar.refresh()
+
+    directions: dict[str, tuple[Tensor, ...]] = {}
+    for split, batches in datasets:
+        res, g = splits[split], grads[split]
+        op = MeteredOperator(ops[split], tick)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if "eigenvalues" in want or ("landscape" in want and split == "train"):
-                for which, attr in (("largest", "top"), ("smallest", "bottom")):
-                    log(f"{split}: Lanczos, {k} {which} eigenvalues")
-                    before = op.num_matvecs
-                    with _timed(res.timings, f"eigenvalues_{which}"):
-                        r = eigenvalues(op, k, which=which, tol=config.tol,
-                                        max_matvecs=config.max_matvecs, seed=config.seed,
-                                        progress=config.progress,
-                                        basis_size=plan["lanczos_basis_size"])
-                    setattr(res, attr, r)
-                    res.num_matvecs[f"eigenvalues_{which}"] = op.num_matvecs - before
-            if "trace" in want:
-                log(f"{split}: Hutch++ trace, {config.trace_matvecs} products")
+            for which, attr in (("largest", "top"), ("smallest", "bottom")):
+                name = f"{split}/eigenvalues_{which}"
+                if name not in plan or (s := start(name, f"{split}: Lanczos, {k} {which} "
+                                                  "eigenvalues")) is None:
+                    continue
+                before = op.num_matvecs
+                with _timed(res.timings, f"eigenvalues_{which}"):
+                    r = eigenvalues(op, k, which=which, tol=config.tol,
+                                    max_matvecs=s["max_matvecs"], seed=config.seed,
+                                    basis_size=mem["lanczos_basis_size"])
+                setattr(res, attr, r)
+                res.num_matvecs[f"eigenvalues_{which}"] = op.num_matvecs - before
+                spend(name, op.num_matvecs - before)
+            name = f"{split}/trace"
+            if name in plan and (s := start(name, f"{split}: Hutch++ trace")) is not None:
                 before = op.num_matvecs
                 with _timed(res.timings, "trace"):
-                    res.trace = trace(op, method="hutch++", num_matvecs=config.trace_matvecs,
-                                      seed=config.seed, progress=config.progress,
-                                      sketch_size=plan["hutchpp_sketch_size"])
+                    mem["hutchpp_sketch_size"] = memory.sketch_size(s["num_matvecs"],
+                                                                    num_params, dtype)
+                    res.trace = trace(op, method="hutch++", num_matvecs=s["num_matvecs"],
+                                      seed=config.seed, sketch_size=mem["hutchpp_sketch_size"])
                 res.num_matvecs["trace"] = op.num_matvecs - before
-            if "density" in want:
-                steps = min(plan["density_steps"], num_params)
-                log(f"{split}: SLQ density, {config.density_probes} probes x {steps} steps")
+                spend(name, op.num_matvecs - before)
+            name = f"{split}/density"
+            if name in plan and (s := start(name, f"{split}: SLQ density")) is not None:
                 before = op.num_matvecs
+                steps, probe_block = memory.slq_plan(s["num_steps"], s["num_probes"],
+                                                     num_params, dtype)
+                mem.update(density_steps=steps, density_probe_block=probe_block)
                 with _timed(res.timings, "density"):
                     res.density = spectral_density(
-                        op, num_steps=steps, num_probes=config.density_probes,
-                        seed=config.seed, progress=config.progress,
-                        probe_block=plan["density_probe_block"])
+                        op, num_steps=min(steps, s["num_steps"]), num_probes=s["num_probes"],
+                        seed=config.seed, probe_block=probe_block)
                 res.num_matvecs["density"] = op.num_matvecs - before
-        res.warnings = sorted({str(w.message).splitlines()[0] for w in caught})
+                spend(name, op.num_matvecs - before)
+        res.warnings = _own_warnings(caught)
         for w in res.warnings:
             log(f"{split}: warning: {w}")
 
-        if "landscape" in want:
+        name = f"{split}/landscape"
+        if name in plan and (s := start(name, f"{split}: loss landscapes")) is not None:
             if not directions:
-                directions = _directions(work, names, res, config, filter_normalized_direction)
-            line_a = symmetric_grid(config.landscape_radius, config.landscape_points)
-            line_r = symmetric_grid(config.random_radius, config.landscape_points)
-            grid_a = symmetric_grid(config.landscape_radius, config.landscape_grid)
-            grid_r = symmetric_grid(config.random_radius, config.landscape_grid)
-            log(f"{split}: loss landscapes")
+                directions = _directions(work, names, splits["train"], config,
+                                         filter_normalized_direction)
+            line_a = symmetric_grid(config.landscape_radius, s["points"])
+            line_r = symmetric_grid(config.random_radius, s["points"])
+            grid_a = symmetric_grid(config.landscape_radius, s["grid"])
+            grid_r = symmetric_grid(config.random_radius, s["grid"])
+            evaluations = 0
             with _timed(res.timings, "landscape"):
-                for name, (d, label, curv) in _line_specs(directions):
-                    radius = line_r if name.startswith("random") else line_a
+                for key, (d, label, curv) in _line_specs(directions):
+                    radius = line_r if key.startswith("random") else line_a
                     land = loss_landscape_1d(work, loss_fn, batches, d, radius, params=names,
-                                             label=label, progress=config.progress)
-                    res.lines[name] = land
+                                             label=label)
+                    res.lines[key] = land
+                    evaluations += len(radius)
+                    tick(len(radius))
                     if curv is not None:
                         slope = float(g.double() @ d.double())
-                        res.quadratic[name] = (land.loss0, slope, curv)
-                for name, (d1, d2, labels) in _plane_specs(directions):
-                    radius = grid_r if name.startswith("random") else grid_a
-                    res.planes[name] = loss_landscape_2d(
+                        res.quadratic[key] = (land.loss0, slope, curv)
+                for key, (d1, d2, labels) in _plane_specs(directions):
+                    radius = grid_r if key.startswith("random") else grid_a
+                    res.planes[key] = loss_landscape_2d(
                         work, loss_fn, batches, (d1, d2), radius, params=names,
-                        labels=labels, progress=config.progress)
-        splits[split] = res
+                        labels=labels)
+                    evaluations += len(radius) ** 2
+                    tick(len(radius) ** 2)
+            spend(name, evaluations)
         if "eigenvalues" not in want:
             res.top = res.bottom = None
     per_layer = None
-    if config.per_layer:
+    if "train/per_layer" in plan and (
+            s := start("train/per_layer", "train: per-layer spectra")) is not None:
         from curvature.blockwise import block_spectra
 
-        grouping = plan["per_layer_blocks"]
-        log(f"train: per-layer spectra (one block per {grouping})")
+        pl = memory.per_layer_plan(
+            work, num_params, dtype, s["max_steps"], s["density_probes"] > 0,
+            max(1, s["density_steps"]), max(1, s["density_probes"]))
+        mem.update(pl)
+        log(f"train: per-layer spectra (one block per {pl['per_layer_blocks']})")
+        if pl["per_layer_note"]:
+            log(f"train: per-layer: {pl['per_layer_note']}")
         with _timed(timings, "per_layer"):
             per_layer = block_spectra(
-                work, loss_fn, data, blocks=grouping, tol=config.tol,
-                max_steps=plan["per_layer_steps"], trace_matvecs=config.trace_matvecs,
+                work, loss_fn, data, blocks=pl["per_layer_blocks"], tol=config.tol,
+                max_steps=pl["per_layer_steps"], trace_matvecs=s["trace_matvecs"],
                 seed=config.seed, dtype=dtype, device=device, method=config.hvp_method,
-                density=plan["per_layer_density"],
-                density_steps=plan["per_layer_density_steps"],
-                density_probes=plan["per_layer_density_probes"],
+                density=pl["per_layer_density"], density_steps=pl["per_layer_density_steps"],
+                density_probes=pl["per_layer_density_probes"], on_product=tick,
             )
-        if plan["per_layer_note"]:
-            log(f"train: per-layer: {plan['per_layer_note']}")
+        spend("train/per_layer", per_layer.num_matvecs)
         if not per_layer.converged:
             log(f"train: per-layer: {per_layer.message}")
+    bar.close()
     timings["total"] = time.perf_counter() - t_all
     info = dict(info or {})
     info.setdefault("dtype", str(dtype).replace("torch.", ""))
     info.setdefault("dtype_reason", dtype_reason)
-    info.setdefault("memory_plan", plan)
+    info.setdefault("memory_plan", mem)
     info.setdefault("device", str(device))
     return Analysis(splits=splits, num_params=num_params, config=config, info=info,
-                    timings=timings, per_layer=per_layer)
+                    timings=timings, per_layer=per_layer, plan=plan)
+
+
+def _silent(_message: str) -> None:
+    """The default ``log``: nothing."""
+
+
+def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings,
+          examples, grouping: str | None = None) -> Plan:
+    """Measure the costs (:mod:`curvature.pipeline.costs`) and make the plan."""
+    from curvature.algorithms.probes import default_block_size
+    from curvature.partition import partition
+
+    dims = None
+    if config.per_layer:
+        sizes = dict(zip(ops["train"].risk.names, ops["train"].risk.numels))
+        dims = [sum(sizes[p] for p in ps) for _, ps in partition(work, grouping or "module")]
+    evaluate = None
+    if "landscape" in config.metrics:
+        train = datasets[0][1]
+        evaluate = lambda: point_seconds(work, loss_fn, train, names, config.seed)  # noqa: E731
+    with _timed(timings, "plan"):
+        costs = measure_costs(ops, examples=examples, evaluate=evaluate,
+                              per_layer_width=min(4, len(dims)) if dims else 0,
+                              seed=config.seed, started=t_all)
+    return make_plan(config, costs, num_params=num_params, k=k, splits=tuple(ops),
+                     block_dims=dims, probe_columns=default_block_size(ops["train"]),
+                     budget_s=config.budget)
+
+
+def _own_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The first lines of curvature's own warnings (:class:`curvature.errors.CurvatureWarning`)
+    among ``caught``; any other warning (third-party libraries, torch) is issued again to
+    the caller's filters and not recorded."""
+    own = set()
+    for w in caught:
+        if issubclass(w.category, CurvatureWarning):
+            own.add(str(w.message).splitlines()[0])
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return sorted(own)
 
 
 def memory_plan(config: AnalysisConfig, n: int, dtype: torch.dtype, work: nn.Module) -> dict[str, Any]:

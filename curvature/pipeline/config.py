@@ -54,6 +54,11 @@ class AnalysisConfig:
             lambda_min and a Hutchinson trace of ``trace_matvecs`` probes per block;
             ``tol``; ``max_matvecs`` caps each block's Lanczos steps, default 300; with
             ``"density"`` in ``metrics`` also an SLQ density per block).
+        budget: wall-time budget of the analysis in seconds (``None``: the default rule,
+            the time of every setting above but at most 10 minutes, 15 with
+            ``per_layer``). The settings above are the most each metric spends; a
+            budget below their time lowers them (:mod:`curvature.pipeline.plan`), and
+            what that cuts is reported as not converged, never dropped.
     """
 
     metrics: tuple[str, ...] = METRICS
@@ -73,6 +78,7 @@ class AnalysisConfig:
     progress: bool = False
     hvp_method: str = "exact"
     per_layer: bool = False
+    budget: float | str | None = None
 
     def __post_init__(self) -> None:
         bad = [m for m in self.metrics if m not in METRICS]
@@ -93,6 +99,10 @@ class AnalysisConfig:
             raise InputError(
                 f"hvp_method must be one of {', '.join(HVP_METHODS)}, got {self.hvp_method!r}"
             )
+        if self.budget is not None:
+            from curvature.pipeline.plan import parse_budget
+
+            object.__setattr__(self, "budget", parse_budget(self.budget))
         if self.dtype not in (None, "float32", "float64"):
             raise InputError(f"dtype must be float32 or float64, got {self.dtype!r}")
 

@@ -68,11 +68,13 @@ class SplitAnalysis:
             out["eigenvalues_largest"] = self.top.values.tolist()
             out["residuals_largest"] = self.top.residuals.tolist()
             out["converged_largest"] = bool(self.top.converged)
+            out["lambda_max_converged"] = bool(self.top.converged_mask[0])
         if self.bottom is not None:
             out["lambda_min"] = float(self.bottom.values[0])
             out["eigenvalues_smallest"] = self.bottom.values.tolist()
             out["residuals_smallest"] = self.bottom.residuals.tolist()
             out["converged_smallest"] = bool(self.bottom.converged)
+            out["lambda_min_converged"] = bool(self.bottom.converged_mask[0])
         if self.top is not None and self.bottom is not None:
             lmax, lmin = out["lambda_max"], out["lambda_min"]
             out["negative_ratio"] = abs(min(lmin, 0.0)) / lmax if lmax > 0 else math.nan
@@ -107,6 +109,8 @@ class Analysis:
         timings: total seconds per phase.
         per_layer: the training split's :class:`curvature.BlockSpectra` (one block per
             module) when ``config.per_layer``, else ``None``.
+        plan: the :class:`curvature.pipeline.plan.Plan` the analysis ran under (measured
+            costs, planned and used products per metric), or ``None``.
     """
 
     splits: dict[str, SplitAnalysis]
@@ -115,6 +119,7 @@ class Analysis:
     info: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     per_layer: Any = None
+    plan: Any = None
 
     def summary(self) -> dict[str, Any]:
         """``summary.json``: training-split headline numbers at the top level, every
@@ -138,10 +143,34 @@ class Analysis:
             timings.update({f"{name}_{k}": v for k, v in split.timings.items()})
         out["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
         out["splits"] = {k: s.scalars() for k, s in self.splits.items()}
-        out["config"] = asdict(self.config)
-        out["config"]["metrics"] = list(self.config.metrics)
+        out["config"] = _ran_settings(self.config, self.per_layer is not None)
+        if self.plan is not None:
+            out["plan"] = self.plan.to_dict()
         out.update({k: v for k, v in self.info.items() if k not in out})
         return _jsonable(out)
+
+
+# the settings of each metric: a report lists them only for the metrics that ran
+_SETTINGS = {
+    "eigenvalues": ("top_k", "tol", "max_matvecs"),
+    "trace": ("trace_matvecs",),
+    "density": ("density_probes", "density_steps"),
+    "landscape": ("landscape_points", "landscape_grid", "landscape_radius", "random_radius"),
+}
+
+
+def _ran_settings(config: AnalysisConfig, per_layer: bool) -> dict[str, Any]:
+    """``config`` as a dict without the settings of metrics that were not requested."""
+    out = asdict(config)
+    out["metrics"] = list(config.metrics)
+    keep = set(config.metrics) | ({"eigenvalues", "trace"} if per_layer else set())
+    if "landscape" in keep:
+        keep.add("eigenvalues")  # its directions are eigenvectors
+    for metric, names in _SETTINGS.items():
+        if metric not in keep:
+            for name in names:
+                out.pop(name, None)
+    return out
 
 
 def _jsonable(obj: Any) -> Any:

@@ -134,8 +134,94 @@ def format_value(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def _converged_count(analysis: Analysis, split: str, which: str) -> str:
+    r = getattr(analysis.splits[split], "top" if which == "largest" else "bottom")
+    return f"{int(r.converged_mask.sum())} of {r.converged_mask.numel()} converged"
+
+
+_METRIC_OF = {"lambda_max": "eigenvalues_largest", "lambda_min": "eigenvalues_smallest",
+              "trace": "trace"}
+
+
+def _skipped(plan: Any, split: str, metric: str | None) -> bool:
+    name = f"{split}/{metric}"
+    return plan is not None and metric is not None and name in plan and (
+        plan[name].status == "skipped: budget")
+
+
+def _used_settings(analysis: Analysis, metric: str) -> str:
+    """``metric``'s settings as run, per split (``train: 120; test: 90``)."""
+    plan = analysis.plan
+    if plan is None:
+        return ""
+    parts = []
+    for it in plan.items:
+        if it.metric == metric and it.status == "ran" and it.settings:
+            parts.append(f"{it.split} " + ", ".join(f"{k} {v}" for k, v in it.settings.items()))
+    return "; ".join(parts)
+
+
+def _settings_text(analysis: Analysis, summary: dict[str, Any]) -> str:
+    """How each metric that ran was computed (metrics that did not run are not named)."""
+    cfg, splits = analysis.config, analysis.splits.values()
+    out = []
+    if any(a.top is not None or a.bottom is not None for a in splits):
+        limits = "; ".join(
+            f"{which} end: {text}" for which in ("largest", "smallest")
+            if (text := _used_settings(analysis, f"eigenvalues_{which}")))
+        out.append(f"Lanczos: k = {cfg.top_k} at each end, relative residual tolerance "
+                   f"{cfg.tol:g}" + (f", products allowed ({limits})" if limits else "") + ".")
+    if any(a.trace is not None for a in splits):
+        n = ", ".join(f"{s} {a.trace.num_matvecs}" for s, a in analysis.splits.items()
+                      if a.trace is not None)
+        out.append(f"Hutch++: {n} products, error bar ± one standard error.")
+    if any(a.density is not None for a in splits):
+        d = "; ".join(f"{s} {a.density.nodes.shape[0]} Rademacher probes × "
+                      f"{a.density.nodes.shape[1]} Lanczos steps"
+                      for s, a in analysis.splits.items() if a.density is not None)
+        out.append(f"SLQ: {d}.")
+    if any(a.lines or a.planes for a in splits):
+        out.append(f"Landscapes: {_used_settings(analysis, 'landscape') or 'as configured'} "
+                   f"(points per line, points per side of a plane).")
+    out.append(f"Seed {cfg.seed}. Products per quantity: "
+               f"`{json.dumps(summary.get('num_matvecs', {}))}`.")
+    return " ".join(out)
+
+
+def _budget_section(analysis: Analysis) -> list[str]:
+    """The plan: budget, measured costs, planned vs used work per metric."""
+    plan = analysis.plan
+    if plan is None:
+        return []
+    c = plan.costs
+    rule = ("the default rule: the time of every setting, at most 10 minutes (15 with "
+            "per-layer spectra)" if plan.budget_rule == "default" else "given")
+    text = (f"Budget {plan.budget_s:.0f} s ({rule}); measured on the training split: a "
+            f"Hessian product takes {c.product_s['train']:.3g} s "
+            f"(= {c.gradients_per_product():.2g} gradients)")
+    if c.evaluation_s:
+        text += f", a landscape point {c.evaluation_s['train']:.3g} s"
+    text += f"; planned work about {plan.seconds:.3g} s."
+    metrics = {it.metric.split("_")[0] for it in plan.items}
+    shows = [why for metric, why in (("eigenvalues", "as not converged (Lanczos)"),
+                                     ("trace", "as a larger standard error (Hutch++)"),
+                                     ("density", "as fewer steps (SLQ)"),
+                                     ("landscape", "as fewer points (landscapes)"),
+                                     ("per", "as blocks not converged (per-layer)"))
+             if metric in metrics]
+    text += (" A cut by the budget shows " + ", ".join(shows) + "; a metric too short to "
+             "run is marked skipped: budget.")
+    lines = ["## Budget", "", text, "",
+             "| metric | split | status | planned | used | unit | settings |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for it in plan.items:
+        settings = ", ".join(f"{k} {v}" for k, v in (it.settings or {}).items()) or "–"
+        lines.append(f"| {it.metric.replace('_', ' ')} | {it.split} | {it.status} | "
+                     f"{it.planned} | {format_value(it.used)} | {it.unit} | {settings} |")
+    return lines + [""]
+
+
 def _report(analysis: Analysis, summary: dict[str, Any], figures, tables, title: str) -> str:
-    cfg = analysis.config
     lines = [f"# {title}", ""]
     info = analysis.info
     src = []
@@ -163,21 +249,24 @@ def _report(analysis: Analysis, summary: dict[str, Any], figures, tables, title:
         ("loss", "loss", ""),
         ("accuracy", "accuracy", ""),
         ("gradient norm", "grad_norm", ""),
-        ("λ_max (Lanczos)", "lambda_max", "converged_largest"),
-        ("λ_min (Lanczos)", "lambda_min", "converged_smallest"),
+        ("λ_max (Lanczos)", "lambda_max", "lambda_max_converged"),
+        ("λ_min (Lanczos)", "lambda_min", "lambda_min_converged"),
         ("\\|λ_min\\| / λ_max", "negative_ratio", ""),
         ("trace (Hutch++)", "trace", ""),
     ]
     per = {s: summary["splits"][s] for s in names}
+    plan = analysis.plan
     lines.append("| quantity | " + " | ".join(names) + " |")
     lines.append("| --- |" + " --- |" * len(names))
     for label, key, conv in rows:
-        if not any(key in per[s] for s in names):
+        metric = _METRIC_OF.get(key)
+        skipped = {s for s in names if key not in per[s] and _skipped(plan, s, metric)}
+        if not skipped and not any(key in per[s] for s in names):
             continue
         cells = []
         for s in names:
             v = per[s].get(key)
-            cell = format_value(v)
+            cell = "skipped: budget" if s in skipped else format_value(v)
             if key == "trace" and v is not None:
                 cell = f"{v:.4g} ± {per[s]['trace_stderr']:.2g}"
             if conv and per[s].get(conv) is False:
@@ -187,21 +276,16 @@ def _report(analysis: Analysis, summary: dict[str, Any], figures, tables, title:
     lines.append("")
     for s in names:
         sc = per[s]
-        if "eigenvalues_largest" in sc:
-            lines.append(f"- {s}: largest eigenvalues "
-                         + ", ".join(format_value(v) for v in sc["eigenvalues_largest"])
-                         + "; smallest " + ", ".join(format_value(v) for v in sc["eigenvalues_smallest"])
-                         + f" (max residual {max(sc['residuals_largest'] + sc['residuals_smallest']):.2g})")
+        ends = [f"{which} eigenvalues " + ", ".join(format_value(v) for v in sc[f"eigenvalues_{which}"])
+                + ("" if sc[f"converged_{which}"] else f" ({_converged_count(analysis, s, which)})")
+                for which in ("largest", "smallest") if f"eigenvalues_{which}" in sc]
+        if ends:
+            res = [r for w in ("largest", "smallest") for r in sc.get(f"residuals_{w}", [])]
+            lines.append(f"- {s}: " + "; ".join(ends) + f" (max residual {max(res):.2g})")
         if sc.get("warnings"):
             lines.append(f"- {s}: warnings: " + "; ".join(sc["warnings"]))
-    lines += [
-        "",
-        f"Lanczos: k = {cfg.top_k} at each end, relative residual tolerance {cfg.tol:g}. "
-        f"Hutch++: {cfg.trace_matvecs} products, error bar ± one standard error. "
-        f"SLQ: {cfg.density_probes} Rademacher probes × {cfg.density_steps} Lanczos steps. "
-        f"Seed {cfg.seed}. Products per quantity: `{json.dumps(summary.get('num_matvecs', {}))}`.",
-        "",
-    ]
+    lines += ["", _settings_text(analysis, summary), ""]
+    lines += _budget_section(analysis)
     if figures:
         lines += ["## Figures", ""]
         for name, caption in figures:

@@ -1,0 +1,152 @@
+"""Measured costs of an analysis' parts, for its plan (:mod:`curvature.pipeline.plan`).
+
+Every time is a wall-clock measurement on the actual model, data, dtype and device:
+
+* a Hessian product: the *second* product of the training split's operator (the first
+  one also fills caches, so it is not typical);
+* a gradient: a warm dataset gradient;
+* a landscape point: a short 1-D landscape, per point (points are vectorised);
+* the test split: the training split's times scaled by its share of examples;
+* a per-layer column: from a warm 1-column and a warm ``w``-column product
+  (``w = min(4, blocks)``), ``seconds = pass + columns * column``.
+
+Under ``torch.distributed`` the slowest rank's times (and set-up time) are used on every
+rank, so all ranks make the same plan (their products are all-reduced and must match;
+what a metric leaves to the next is counted in products, not measured time).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from curvature.pipeline.plan import Costs
+
+__all__ = ["gradient_seconds", "measure_costs", "point_seconds", "product_seconds"]
+
+
+def _unit_columns(op: Any, width: int, seed: int) -> Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    V = torch.randn(op.shape[0], width, generator=gen, dtype=torch.float64)
+    V /= V.norm(dim=0, keepdim=True)
+    return V.to(device=op.device, dtype=op.dtype)
+
+
+def _median_time(fn: Callable[[], Any], device: Any, repeats: int = 5,
+                 within: float = 0.3) -> float:
+    """Median wall time of ``fn()``: repeated (up to ``repeats`` times) only while the
+    repeats take under ``within`` seconds, so cheap operations are timed robustly on a
+    loaded machine and expensive ones are run once."""
+    times: list[float] = []
+    while len(times) < repeats and sum(times) < within:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def product_seconds(op: Any, width: int = 1, seed: int = 0) -> float:
+    """Seconds of a warm ``width``-column product of ``op`` (the first product is not
+    timed: it also chooses the product path and fills caches)."""
+    V = _unit_columns(op, width, seed)
+    op.matmat(V)
+    _sync(op.device)
+    return _median_time(lambda: op.matmat(V), op.device)
+
+
+def gradient_seconds(op: Any) -> float:
+    """Seconds of a warm dataset gradient of ``op``'s loss (at a copy of its parameters,
+    so the cached gradient is not returned; the analysis' first gradient also pays
+    one-time set-up and is not typical)."""
+    w = op.params.clone()
+    return _median_time(lambda: op.risk.gradient(w), op.device)
+
+
+def point_seconds(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], batches: Any,
+                  params: list[str], seed: int = 0, points: int = 5) -> float:
+    """Seconds per point of a 1-D loss landscape (:func:`curvature.loss_landscape_1d`,
+    vectorised over points as the analysis runs it): a ``points``-point line divided by
+    ``points`` (the median of a few lines when they are cheap)."""
+    from curvature.landscape import filter_normalized_direction, loss_landscape_1d
+
+    d = filter_normalized_direction(model, params=params, seed=seed)
+    grid = np.linspace(-1e-3, 1e-3, points)
+    run = lambda: loss_landscape_1d(model, loss_fn, batches, d, grid, params=params)  # noqa: E731
+    return _median_time(run, d.device) / points
+
+
+def measure_costs(
+    ops: dict[str, Any],
+    *,
+    examples: dict[str, int] | None = None,
+    evaluate: Callable[[], float] | None = None,
+    per_layer_width: int = 0,
+    seed: int = 0,
+    started: float | None = None,
+) -> Costs:
+    """:class:`Costs` of the splits' operators ``ops`` (``{"train": op, ...}``).
+
+    Only the training split is timed; another split's times are the training split's
+    scaled by its share of examples (``examples``: examples per split), so measuring
+    costs a few products, not a few per split. ``evaluate``: returns the seconds of one landscape point
+    (omitted when no landscape is computed); ``per_layer_width``: columns of the wide
+    product that measures per-layer columns (0: not measured); ``started``:
+    ``time.perf_counter()`` at the start of the analysis (for ``setup_s``).
+    """
+    costs = Costs()
+    train = ops["train"]
+    costs.product_s["train"] = product_seconds(train, 1, seed)
+    costs.gradient_s["train"] = gradient_seconds(train)
+    if evaluate is not None:
+        costs.evaluation_s["train"] = evaluate()
+    for split in ops:
+        if split != "train":
+            ratio = (examples or {}).get(split, 1) / max((examples or {}).get("train", 1), 1)
+            for table in (costs.product_s, costs.gradient_s, costs.evaluation_s):
+                if "train" in table:
+                    table[split] = table["train"] * ratio
+    if per_layer_width >= 2:
+        t1 = costs.product_s["train"]
+        tw = product_seconds(train, per_layer_width, seed + 1)
+        costs.column_s = max((tw - t1) / (per_layer_width - 1), 0.1 * t1)
+        costs.pass_s = max(t1 - costs.column_s, 0.0)
+    elif per_layer_width == 1:
+        costs.column_s, costs.pass_s = costs.product_s["train"], 0.0
+    if started is not None:
+        costs.setup_s = time.perf_counter() - started
+    _slowest_rank(costs)
+    return costs
+
+
+def _slowest_rank(costs: Costs) -> None:
+    """Every rank takes the largest of each time over the ranks (identical plans)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    keys = [("product_s", s) for s in sorted(costs.product_s)]
+    keys += [("gradient_s", s) for s in sorted(costs.gradient_s)]
+    keys += [("evaluation_s", s) for s in sorted(costs.evaluation_s)]
+    values = [getattr(costs, a)[s] for a, s in keys]
+    values += [costs.setup_s, costs.column_s or 0.0, costs.pass_s or 0.0]
+    backend = dist.get_backend()
+    dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    out = t.cpu().tolist()
+    for (a, s), v in zip(keys, out):
+        getattr(costs, a)[s] = v
+    costs.setup_s = out[-3]
+    if costs.column_s is not None:
+        costs.column_s, costs.pass_s = out[-2], out[-1]
+
+
+def _sync(device: torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)

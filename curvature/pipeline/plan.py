@@ -1,0 +1,475 @@
+"""The work plan of an analysis: how many Hessian products each metric may spend.
+
+:func:`measure_costs` times what the analysis is made of on the actual model and data
+(a warm Hessian product per split -- the second one, after the first has chosen the
+product path and filled caches --, a gradient, a loss evaluation of the landscapes,
+and for per-layer spectra the extra cost of a column in a multi-column product).
+:func:`make_plan` then shares a wall-time budget across the requested metrics:
+
+* every metric has a *cap*, the work its settings in :class:`AnalysisConfig` ask for
+  (Lanczos: ``max_matvecs`` per end, Hutch++: ``trace_matvecs``, SLQ: probes x steps,
+  landscapes: their points, per-layer: steps and probes per block); the budget never
+  raises a setting, it only lowers it;
+* the default budget (``budget=None``) is the time of every cap -- so a small model,
+  whose products are cheap, runs exactly its settings -- but at most
+  :data:`DEFAULT_BUDGET_S` (times :data:`PER_LAYER_FACTOR` with per-layer spectra);
+* a budget below the caps' time is shared by weight (:data:`WEIGHTS`; the test split at
+  half weight) with water-filling: a metric whose cap is below its share takes its cap
+  and the rest is shared again; a metric whose share is below its least useful size
+  (Lanczos ``max(2k, 10)`` products, Hutch++ 4, SLQ 10 steps, a 5 x 5 landscape grid,
+  3 per-layer steps) gets nothing and is reported as ``skipped: budget``;
+* while the analysis runs, the products a metric did not spend (Lanczos stops when it
+  has converged) pass on to the metrics after it (:meth:`Plan.grant`), up to their caps.
+
+What a cut costs in accuracy is reported by the estimators themselves: Lanczos returns
+``converged=False`` with its residuals, Hutch++ a larger standard error, SLQ fewer
+steps; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from curvature.inputs import InputError
+
+__all__ = [
+    "DEFAULT_BUDGET_S",
+    "PER_LAYER_FACTOR",
+    "WEIGHTS",
+    "Costs",
+    "Item",
+    "Plan",
+    "make_plan",
+    "parse_budget",
+]
+
+DEFAULT_BUDGET_S = 600.0
+"""Most seconds of planned work under the default budget (10 minutes)."""
+
+PER_LAYER_FACTOR = 1.5
+"""The default budget's ceiling is this much larger with per-layer spectra."""
+
+WEIGHTS = {
+    "eigenvalues_largest": 6.0,
+    "eigenvalues_smallest": 2.0,
+    "trace": 1.0,
+    "density": 2.0,
+    "landscape": 1.0,
+    "per_layer": 8.0,
+}
+"""Shares of a short budget (training split; the test split's metrics weigh half)."""
+
+TEST_WEIGHT = 0.5
+
+_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_budget(text: str | float | int | None) -> float | None:
+    """Seconds from ``"90s"``, ``"5m"``, ``"1.5h"`` or plain seconds (``"300"``, ``300``);
+    ``None`` stays ``None`` (the default rule). Raises :class:`InputError` otherwise."""
+    if text is None:
+        return None
+    if isinstance(text, bool):
+        raise InputError(f"budget must be a duration like 90s, 5m or 1h, got {text!r}")
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+        unit = m.group(2).lower() if m else None
+        if m is None or unit not in ("", *_UNITS):
+            raise InputError(
+                f"budget must be a duration like 90s, 5m, 1h or plain seconds, got {text!r}")
+        value = float(m.group(1)) * _UNITS.get(unit, 1.0)
+    if not (value > 0 and math.isfinite(value)):
+        raise InputError(f"budget must be a positive duration, got {text!r}")
+    return value
+
+
+@dataclass
+class Costs:
+    """Measured seconds of the analysis' parts.
+
+    Attributes:
+        product_s: one warm Hessian product (one column) per split.
+        gradient_s: one dataset gradient per split.
+        evaluation_s: one landscape point (a loss evaluation over the split's data).
+        column_s, pass_s: per-layer products on the training split, ``pass_s +
+            columns * column_s`` seconds per multi-column product (from a warm
+            1-column and a warm ``w``-column product; ``None`` when not measured).
+        setup_s: seconds spent before the plan was made (gradients, measurements).
+    """
+
+    product_s: dict[str, float] = field(default_factory=dict)
+    gradient_s: dict[str, float] = field(default_factory=dict)
+    evaluation_s: dict[str, float] = field(default_factory=dict)
+    column_s: float | None = None
+    pass_s: float | None = None
+    setup_s: float = 0.0
+
+    def gradients_per_product(self, split: str = "train") -> float:
+        g = self.gradient_s.get(split, 0.0)
+        return self.product_s[split] / g if g > 0 else math.nan
+
+
+@dataclass
+class Item:
+    """One metric on one split in the plan.
+
+    ``settings`` are the arguments it runs with (e.g. ``{"max_matvecs": 120}``);
+    ``planned``/``used`` count its work in ``unit`` (Hessian products, landscape
+    evaluations, or per-layer columns); ``status`` is ``"planned"``, ``"skipped:
+    budget"`` or ``"ran"``.
+    """
+
+    name: str
+    split: str
+    metric: str
+    weight: float
+    cap_s: float
+    unit: str
+    cap: dict[str, Any]
+    seconds: float = 0.0
+    settings: dict[str, Any] | None = None
+    planned: int = 0
+    used: int | None = None
+    status: str = "planned"
+    granted_s: float = 0.0
+    granted: int = 0
+
+
+class Plan:
+    """The products each metric may spend (see the module docstring).
+
+    Attributes:
+        budget_s: seconds of planned work (``None`` in ``budget_rule`` means the default).
+        budget_rule: how the budget was set (``"given"`` or ``"default"``).
+        costs: the :class:`Costs` it was made from.
+        items: :class:`Item` per metric and split, in execution order.
+    """
+
+    def __init__(self, budget_s: float, budget_rule: str, costs: Costs, items: list[Item],
+                 sizers: dict[str, Callable[[float], tuple[dict | None, int, float]]]) -> None:
+        self.budget_s = budget_s
+        self.budget_rule = budget_rule
+        self.costs = costs
+        self.items = items
+        self._sizers = sizers
+        self._carry = 0.0
+
+    def __getitem__(self, name: str) -> Item:
+        for it in self.items:
+            if it.name == name:
+                return it
+        raise KeyError(name)
+
+    def __contains__(self, name: str) -> bool:
+        return any(it.name == name for it in self.items)
+
+    @property
+    def seconds(self) -> float:
+        """Estimated seconds of all planned work."""
+        return sum(it.seconds for it in self.items)
+
+    @property
+    def products(self) -> int:
+        """Planned Hessian products (per-layer columns included)."""
+        return sum(it.planned for it in self.items if it.unit != "evaluations")
+
+    def progress_total(self) -> float:
+        """Planned work in Hessian products of the training split (a landscape point
+        counts as its measured fraction of a product): the progress bar's total."""
+        return sum(self.progress_units(it, it.planned) for it in self.items)
+
+    def progress_units(self, item: Item, amount: float) -> float:
+        """``amount`` of ``item``'s unit, in training-split products."""
+        unit_s = self._unit_seconds(item)
+        return amount * unit_s / self.costs.product_s["train"]
+
+    def _unit_seconds(self, item: Item) -> float:
+        if item.unit == "evaluations":
+            return self.costs.evaluation_s.get(item.split, 0.0)
+        if item.metric == "per_layer":
+            return item.seconds / item.planned if item.planned else 0.0
+        return self.costs.product_s[item.split]
+
+    def grant(self, name: str) -> Item:
+        """The item ``name`` with its settings for now: its planned share plus what the
+        items before it left unspent, up to its cap."""
+        it = self[name]
+        if it.status == "skipped: budget":
+            return it
+        it.granted_s = it.seconds + max(self._carry, 0.0)
+        it.granted = it.planned
+        settings, units, _ = self._sizers[name](it.granted_s)
+        if settings is not None and units >= it.planned:
+            it.settings, it.granted = settings, units
+        return it
+
+    def spend(self, name: str, used: int) -> None:
+        """Record that ``name`` used ``used`` units; the seconds it left pass on."""
+        it = self[name]
+        it.used = int(used)
+        it.status = "ran"
+        if it.metric == "per_layer":
+            spent = self._sizers[name](it.granted_s)[2]
+        else:
+            spent = used * self._unit_seconds(it)
+        self._carry = max(self._carry, 0.0) + it.seconds - spent
+
+    def line(self) -> str:
+        """The one-line announcement printed before the run."""
+        c = self.costs
+        p = c.product_s["train"]
+        ratio = c.gradients_per_product()
+        evals = sum(it.planned for it in self.items if it.unit == "evaluations")
+        skipped = [it.name for it in self.items if it.status == "skipped: budget"]
+        text = (f"plan: up to {self.products} Hessian products ({_seconds(p)} each, "
+                f"= {ratio:.2g} gradients)")
+        if evals:
+            text += f" and {evals} loss evaluations"
+        text += f", up to about {_duration(self.seconds)}"
+        text += " (default budget)" if self.budget_rule == "default" else (
+            f" (budget {_duration(self.budget_s)})")
+        if skipped:
+            text += "; skipped for the budget: " + ", ".join(skipped)
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: budget, measured costs, and planned vs used work per item."""
+        return {
+            "budget_s": self.budget_s,
+            "budget_rule": self.budget_rule,
+            "planned_s": self.seconds,
+            "costs": asdict(self.costs),
+            "items": [
+                {"name": it.name, "unit": it.unit, "status": it.status, "cap": it.cap,
+                 "settings": it.settings, "planned": it.planned, "used": it.used,
+                 "planned_s": it.seconds}
+                for it in self.items
+            ],
+        }
+
+
+def _seconds(s: float) -> str:
+    return f"{s * 1000:.3g} ms" if s < 1 else f"{s:.3g} s"
+
+
+def _duration(s: float) -> str:
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} minutes"
+    return f"{s / 3600:.1f} hours"
+
+
+def make_plan(
+    config: Any,
+    costs: Costs,
+    *,
+    num_params: int,
+    k: int,
+    splits: tuple[str, ...],
+    block_dims: list[int] | None = None,
+    probe_columns: int = 1,
+    budget_s: float | None = None,
+) -> Plan:
+    """Share ``budget_s`` seconds (``None``: the default rule) across the metrics of
+    ``config`` (an :class:`AnalysisConfig`) on ``splits``.
+
+    Args:
+        costs: measured :class:`Costs`.
+        num_params: ``n`` (SLQ steps are capped at ``n``).
+        k: eigenvalues at each end.
+        splits: ``("train",)`` or ``("train", "test")``.
+        block_dims: parameters per block for per-layer spectra (``None``: none).
+        probe_columns: most columns per per-layer product besides the Lanczos ones
+            (:func:`curvature.algorithms.probes.default_block_size`).
+    """
+    want = set(config.metrics)
+    items: list[Item] = []
+    sizers: dict[str, Callable[[float], tuple[dict | None, int, float]]] = {}
+
+    def add(split: str, metric: str, unit: str, cap: dict, sizer) -> None:
+        name = f"{split}/{metric}"
+        weight = WEIGHTS[metric] * (1.0 if split == "train" else TEST_WEIGHT)
+        settings, units, seconds = sizer(math.inf)
+        items.append(Item(name, split, metric, weight, seconds, unit, cap))
+        sizers[name] = sizer
+
+    for split in splits:
+        p = costs.product_s[split]
+        if "eigenvalues" in want or ("landscape" in want and split == "train"):
+            cap = config.max_matvecs or max(1000, 100 * k)
+            for which in ("largest", "smallest"):
+                add(split, f"eigenvalues_{which}", "products", {"max_matvecs": cap},
+                    _products_sizer("max_matvecs", cap, max(2 * k, 10), p))
+        if "trace" in want:
+            add(split, "trace", "products", {"num_matvecs": config.trace_matvecs},
+                _products_sizer("num_matvecs", config.trace_matvecs, 4, p))
+        if "density" in want:
+            steps = min(config.density_steps, num_params)
+            add(split, "density", "products",
+                {"num_probes": config.density_probes, "num_steps": steps},
+                _density_sizer(config.density_probes, steps, p))
+        if "landscape" in want:
+            # directions: random always; v_max (and a plane if k >= 2) and v_min when the
+            # training split's eigenvectors are computed
+            add(split, "landscape", "evaluations",
+                {"points": config.landscape_points, "grid": config.landscape_grid},
+                _landscape_sizer(config.landscape_points, config.landscape_grid,
+                                 3, 2 if k >= 2 else 1, costs.evaluation_s.get(split, 0.0)))
+    if block_dims:
+        steps0 = config.max_matvecs or 300
+        dens = (config.density_probes, config.density_steps) if "density" in want else (0, 0)
+        add("train", "per_layer", "columns",
+            {"max_steps": steps0, "trace_matvecs": config.trace_matvecs,
+             "density_probes": dens[0], "density_steps": dens[1]},
+            _per_layer_sizer(block_dims, steps0, config.trace_matvecs, *dens,
+                             costs.column_s or costs.product_s["train"], costs.pass_s or 0.0,
+                             probe_columns))
+
+    full = sum(it.cap_s for it in items)
+    if budget_s is None:
+        ceiling = DEFAULT_BUDGET_S * (PER_LAYER_FACTOR if block_dims else 1.0)
+        rule, total = "default", min(full, ceiling)
+    else:
+        rule, total = "given", budget_s
+    _allocate(items, sizers, max(total - costs.setup_s, 0.0) if rule == "given" else total)
+    return Plan(total, rule, costs, items, sizers)
+
+
+def _allocate(items: list[Item], sizers, total: float) -> None:
+    """Water-filling of ``total`` seconds by weight, capped at each item's cap; items
+    that cannot run on their share are dropped (the least weighted, latest first)."""
+    active = list(items)
+    while True:
+        shares = _water_fill(active, total)
+        failing = [it for it in active if sizers[it.name](shares[it.name])[0] is None]
+        if not failing:
+            break
+        drop = min(failing, key=lambda it: (it.weight, -items.index(it)))
+        active.remove(drop)
+    for it in items:
+        if it in active:
+            settings, units, seconds = sizers[it.name](shares[it.name])
+            it.settings, it.planned, it.seconds = settings, units, seconds
+        else:
+            it.status, it.settings, it.planned, it.seconds = "skipped: budget", None, 0, 0.0
+
+
+def _water_fill(items: list[Item], total: float) -> dict[str, float]:
+    shares = {it.name: 0.0 for it in items}
+    open_ = [it for it in items if it.cap_s > 0]
+    for it in items:
+        if it.cap_s <= 0:
+            shares[it.name] = 0.0
+    left = total
+    while open_ and left > 0:
+        w = sum(it.weight for it in open_)
+        full = [it for it in open_ if left * it.weight / w >= it.cap_s]
+        if not full:
+            for it in open_:
+                shares[it.name] = left * it.weight / w
+            break
+        for it in full:
+            shares[it.name] = it.cap_s
+            left -= it.cap_s
+            open_.remove(it)
+    return shares
+
+
+# Each sizer maps seconds -> (settings or None if too few to run, units, seconds used).
+
+
+def _products_sizer(key: str, cap: int, least: int, unit_s: float):
+    def size(seconds: float) -> tuple[dict | None, int, float]:
+        units = cap if seconds >= cap * unit_s else int(seconds / unit_s)
+        if units < least:
+            return None, 0, 0.0
+        return {key: units}, units, units * unit_s
+    return size
+
+
+def _density_sizer(probes: int, steps: int, unit_s: float, least_steps: int = 10):
+    def size(seconds: float) -> tuple[dict | None, int, float]:
+        units = probes * steps if seconds >= probes * steps * unit_s else int(seconds / unit_s)
+        p = probes
+        m = min(steps, units // p)
+        if m < min(least_steps, steps):  # fewer probes before steps below the least
+            p = max(1, units // min(least_steps, steps))
+            m = min(steps, units // p)
+        if m < min(least_steps, steps) or p < 1:
+            return None, 0, 0.0
+        return {"num_probes": p, "num_steps": m}, p * m, p * m * unit_s
+    return size
+
+
+def _odd(x: float, least: int) -> int:
+    return max(least, int(x) | 1)
+
+
+def _landscape_sizer(points: int, grid: int, lines: int, planes: int, eval_s: float):
+    P0, G0 = _odd(points, 3), _odd(grid, 3)
+
+    def evaluations(P: int, G: int) -> int:
+        return lines * P + planes * G * G
+
+    def size(seconds: float) -> tuple[dict | None, int, float]:
+        if eval_s <= 0 or seconds >= evaluations(P0, G0) * eval_s:
+            return {"points": P0, "grid": G0}, evaluations(P0, G0), evaluations(P0, G0) * eval_s
+        lo, hi = 0.0, 1.0  # largest common shrink factor that fits
+        for _ in range(30):
+            f = (lo + hi) / 2
+            if evaluations(min(P0, _odd(P0 * f, 5)), min(G0, _odd(G0 * f, 5))) * eval_s <= seconds:
+                lo = f
+            else:
+                hi = f
+        P, G = min(P0, _odd(P0 * lo, 5)), min(G0, _odd(G0 * lo, 5))
+        if evaluations(P, G) * eval_s > seconds:
+            return None, 0, 0.0
+        return {"points": P, "grid": G}, evaluations(P, G), evaluations(P, G) * eval_s
+    return size
+
+
+def _per_layer_sizer(dims: list[int], steps0: int, trace0: int, probes: int, dsteps0: int,
+                     column_s: float, pass_s: float, probe_columns: int):
+    B = len(dims)
+
+    def cost(steps: int, tp: int, ds: int) -> tuple[int, float]:
+        eig = sum(min(steps, d) for d in dims)
+        slq = sum(probes * min(ds, d) for d in dims)
+        columns = eig + slq + B * tp
+        longest = max(min(steps, max(dims)), min(ds, max(dims)) if probes else 0)
+        if B >= probe_columns:  # the Lanczos columns fill a product; probes come after
+            passes = longest + math.ceil(B * tp / max(probe_columns, 1))
+        else:
+            passes = max(longest, math.ceil(columns / max(probe_columns, 1)))
+        return columns, passes * pass_s + columns * column_s
+
+    def settings(f: float) -> tuple[int, int, int]:
+        steps = min(steps0, max(3, round(steps0 * f)))
+        tp = min(trace0, max(2, round(trace0 * f))) if trace0 else 0
+        ds = min(dsteps0, max(5, round(dsteps0 * f))) if probes else 0
+        return steps, tp, ds
+
+    def size(seconds: float) -> tuple[dict | None, int, float]:
+        lo, hi = 0.0, 1.0
+        if cost(*settings(1.0))[1] <= seconds:
+            lo = 1.0
+        else:
+            for _ in range(30):
+                f = (lo + hi) / 2
+                lo, hi = (f, hi) if cost(*settings(f))[1] <= seconds else (lo, f)
+        steps, tp, ds = settings(lo)
+        columns, secs = cost(steps, tp, ds)
+        if secs > seconds:
+            return None, 0, 0.0
+        return ({"max_steps": steps, "trace_matvecs": tp, "density_steps": ds,
+                 "density_probes": probes}, columns, secs)
+    return size

@@ -1,0 +1,273 @@
+"""The budgeted analysis (:mod:`curvature.pipeline.plan`): budget parsing, the planner's
+split, honest reporting of what a budget cuts, the report's contents and warnings, and
+plain-text progress labels.
+
+Timings are machine-dependent, so the analyses here replace the measured costs by fixed
+ones (``measure_costs`` patched): the plan, and with it every number, is then
+deterministic. Eigenvalues are checked against the dense float64 Hessian.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import curvature as cv
+from curvature.cli import main
+from curvature.data import DATASETS, load_dataset
+from curvature.errors import ConvergenceWarning, InputError
+from curvature.models import MODELS
+from curvature.pipeline import AnalysisConfig, analyze, make_loss, write_analysis
+from curvature.pipeline import compute as compute_module
+from curvature.pipeline.plan import Costs, make_plan, parse_budget
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def problem():
+    ds = load_dataset("digits:n_train=120,n_test=40")
+    torch.manual_seed(0)
+    model = cv.models.mlp(hidden=(8,))
+    return model, make_loss("ce"), (ds.x_train, ds.y_train), (ds.x_test, ds.y_test)
+
+
+@pytest.fixture(scope="module")
+def spectrum(problem):
+    model, loss, train, _ = problem
+    H = cv.dense_hessian(model.double(), loss, (train[0].double(), train[1]))
+    model.float()
+    return torch.linalg.eigvalsh(H)  # ascending
+
+
+def fixed_costs(monkeypatch, product_s: float = 1.0, evaluation_s: float = 0.01) -> None:
+    """Replace the measured costs by fixed ones (a product takes ``product_s`` seconds)."""
+
+    def fake(ops, *, evaluate=None, per_layer_width=0, **_):
+        splits = list(ops)
+        return Costs(product_s=dict.fromkeys(splits, product_s),
+                     gradient_s=dict.fromkeys(splits, product_s / 2),
+                     evaluation_s=dict.fromkeys(splits, evaluation_s) if evaluate else {},
+                     column_s=product_s if per_layer_width else None,
+                     pass_s=0.0 if per_layer_width else None)
+
+    monkeypatch.setattr(compute_module, "measure_costs", fake)
+
+
+# ------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90.0), ("5m", 300.0), ("1h", 3600.0),
+                                           ("300", 300.0), ("1.5m", 90.0), (" 2 min ", 120.0),
+                                           (45, 45.0), (None, None)])
+def test_budget_parsing(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5x", "", "m", "-3", "0", "0s", "1e9q", "five minutes", True])
+def test_bad_budget_is_one_clear_error(text):
+    with pytest.raises(InputError, match="budget"):
+        parse_budget(text)
+    with pytest.raises(InputError, match="budget"):
+        AnalysisConfig(budget=text)
+
+
+def test_config_and_cli_take_durations(capsys):
+    assert AnalysisConfig(budget="5m").budget == 300.0
+    assert main(["analyze", "x.pt", "--out", "o", "--budget", "5 parsecs"]) == 2
+    err = capsys.readouterr().err
+    assert "--budget" in err and "5 parsecs" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------- the split
+
+
+def test_plan_keeps_every_setting_when_affordable_and_shares_a_short_budget():
+    config = AnalysisConfig()
+    costs = Costs(product_s={"train": 0.01, "test": 0.01}, gradient_s={"train": 0.005},
+                  evaluation_s={"train": 0.001, "test": 0.001})
+    full = make_plan(config, costs, num_params=1000, k=5, splits=("train", "test"))
+    assert full.budget_rule == "default"
+    assert full["train/eigenvalues_largest"].settings == {"max_matvecs": 1000}
+    assert full["train/trace"].settings == {"num_matvecs": 90}
+    assert full["test/density"].settings == {"num_probes": 8, "num_steps": 60}
+    assert full["train/landscape"].settings == {"points": 41, "grid": 25}
+    assert all(it.status == "planned" for it in full.items)
+
+    short = make_plan(config, costs, num_params=1000, k=5, splits=("train", "test"),
+                      budget_s=8.0)
+    assert short.seconds <= 8.0 + 1e-9
+    for it in short.items:  # a budget only lowers settings
+        for key, value in (it.settings or {}).items():
+            assert value <= it.cap.get(key, value) if key in it.cap else True
+    assert short["train/eigenvalues_largest"].planned > short["test/eigenvalues_largest"].planned
+    assert short["train/eigenvalues_largest"].planned > short["train/trace"].planned
+
+    tiny = make_plan(config, costs, num_params=1000, k=5, splits=("train",), budget_s=0.05)
+    assert all(it.status == "skipped: budget" and it.planned == 0 for it in tiny.items)
+    assert "skipped for the budget" in tiny.line()
+
+
+def test_default_budget_is_capped_for_expensive_products():
+    config = AnalysisConfig(per_layer=True)
+    costs = Costs(product_s={"train": 5.0}, gradient_s={"train": 2.0},
+                  evaluation_s={"train": 1.0}, column_s=3.0, pass_s=2.0)
+    plan = make_plan(config, costs, num_params=11_000_000, k=5, splits=("train",),
+                     block_dims=[1000] * 60, probe_columns=2)
+    assert plan.budget_s == pytest.approx(900.0)  # 10 minutes x 1.5 with per-layer
+    assert plan.seconds <= 900.0
+    assert plan["train/eigenvalues_largest"].planned >= 40
+    line = plan.line()
+    assert line.startswith("plan: up to ") and "5 s each" in line and "= 2.5 gradients" in line
+
+
+# ------------------------------------------------------------------ honest results
+
+
+def test_tiny_budget_reports_not_converged_never_wrong(problem, spectrum, monkeypatch):
+    model, loss, train, _ = problem
+    fixed_costs(monkeypatch, product_s=1.0)
+    a = analyze(model, loss, train, budget=60, metrics=("eigenvalues", "trace", "density",
+                                                         "landscape"))
+    res, plan = a.splits["train"], a.plan
+    assert plan.seconds <= 60
+    truth_top, truth_bottom = spectrum.flip(0).double(), spectrum.double()
+    checked = 0
+    for r, truth in ((res.top, truth_top), (res.bottom, truth_bottom)):
+        assert r is not None and r.num_matvecs <= 60
+        for i, ok in enumerate(r.converged_mask.tolist()):
+            if ok:  # a pair called converged is right (error <= residual)
+                assert abs(float(r.values[i]) - float(truth[i])) <= float(r.residuals[i]) + 1e-10
+                checked += 1
+    # the budget cut something, and says so
+    assert not (res.top.converged and res.bottom.converged)
+    assert any("eigenvalues (lanczos)" in w for w in res.warnings)
+    land = plan["train/landscape"].settings  # landscapes shrink to their share
+    assert land["grid"] < 25 and land["points"] <= 41 and plan["train/landscape"].status == "ran"
+    assert len(res.planes["random"].coords[0]) == land["grid"]
+    assert res.trace is not None and res.trace.num_matvecs == plan["train/trace"].used
+    s = a.summary()
+    assert s["plan"]["items"][0]["used"] == res.top.num_matvecs
+
+
+def test_generous_budget_gives_todays_eigenvalues(problem, spectrum):
+    model, loss, train, _ = problem
+    a = analyze(model, loss, train, budget="1h", metrics=("eigenvalues",), top_k=3)
+    op = cv.HessianOperator(model, loss, train, dtype=torch.float64)
+    for which, r in (("largest", a.splits["train"].top), ("smallest", a.splits["train"].bottom)):
+        direct = cv.eigenvalues(op, 3, which=which, tol=1e-5, max_matvecs=1000, seed=0)
+        assert r.converged and direct.converged
+        assert r.values.tolist() == pytest.approx(direct.values.tolist(), rel=1e-9, abs=1e-12)
+    assert a.splits["train"].top.values.tolist() == pytest.approx(
+        spectrum.flip(0)[:3].tolist(), rel=1e-6)
+    assert all(it.settings == {"max_matvecs": 1000} for it in a.plan.items)
+
+
+# ---------------------------------------------------------------------- the report
+
+
+def test_report_lists_only_metrics_that_ran(problem, tmp_path, monkeypatch):
+    model, loss, train, test = problem
+    a = analyze(model, loss, train, test_data=test, metrics=("eigenvalues",), top_k=2)
+    out = write_analysis(a, tmp_path / "only_eig", figures=False)
+    report = (out / "report.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert "Lanczos" in report and "λ_max" in report
+    for absent in ("Hutch++", "SLQ", "Landscapes", "trace (Hutch++)", "density"):
+        assert absent not in report, absent
+    for key in ("trace_matvecs", "density_probes", "density_steps", "landscape_points"):
+        assert key not in summary["config"], key
+    assert summary["config"]["top_k"] == 2 and summary["config"]["metrics"] == ["eigenvalues"]
+    assert "## Budget" in report and "| eigenvalues largest | test | ran |" in report
+
+    fixed_costs(monkeypatch, product_s=1.0, evaluation_s=1.0)
+    cut = analyze(model, loss, train, metrics=("trace", "landscape"), budget=30)
+    report = (write_analysis(cut, tmp_path / "cut", figures=False) / "report.md").read_text()
+    assert "| landscape | train | skipped: budget |" in report
+
+
+class ChattyMLP(nn.Module):
+    """An MLP whose forward warns like a third-party library (transformers' sdpa notice,
+    a deprecation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = cv.models.mlp(hidden=(8,))
+
+    def forward(self, x):
+        warnings.warn("sdpa attention does not support output_attentions", UserWarning,
+                      stacklevel=2)
+        warnings.warn("`foo` is deprecated", DeprecationWarning, stacklevel=2)
+        return self.net(x)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_only_curvatures_own_warnings_are_recorded(problem):
+    _, loss, train, _ = problem
+    torch.manual_seed(0)
+    model = ChattyMLP()
+    with pytest.warns(UserWarning, match="sdpa"):  # still shown to the caller
+        a = analyze(model, loss, train, metrics=("eigenvalues",), max_matvecs=12, top_k=2,
+                    budget="1h")
+    recorded = a.splits["train"].warnings
+    assert any("eigenvalues (lanczos)" in w for w in recorded)  # a ConvergenceWarning
+    assert not any("sdpa" in w or "deprecated" in w for w in recorded), recorded
+    assert issubclass(ConvergenceWarning, cv.errors.CurvatureWarning)
+
+
+# ------------------------------------------------------------------ labels and help
+
+
+def test_progress_labels_are_plain_text(problem, capsys):
+    for path in (ROOT / "curvature").rglob("*.py"):
+        for m in re.finditer(r"desc=(f?\"[^\"]*\"|f?'[^']*')", path.read_text()):
+            assert "$" not in m.group(1) and "\\" not in m.group(1), (path, m.group(1))
+    model, loss, train, _ = problem
+    analyze(model, loss, train, metrics=("eigenvalues", "landscape"), top_k=2,
+            landscape_points=5, landscape_grid=3, per_layer=True, max_matvecs=40,
+            progress=True)
+    err = capsys.readouterr().err
+    assert "plan: up to " in err
+    assert "$" not in err and "\\lambda" not in err
+    bars = {line.split(":")[0] for line in re.split(r"[\r\n]", err) if "%|" in line}
+    assert bars and bars <= {"curvature analysis", "train"}, bars  # one bar, no inner ones
+    done, total = re.findall(r"(\d+)/(\d+) products", err)[-1]
+    assert done == total  # the total was honest: the bar ends full
+
+
+def test_analyze_help_documents_data_zoo_and_budget(capsys):
+    with pytest.raises(SystemExit):
+        main(["analyze", "--help"])
+    text = capsys.readouterr().out
+    for name in [*MODELS, *DATASETS]:
+        assert name in text, name
+    assert "--data syntax" in text and "--budget" in text and "5m" in text
+    assert "at most 10" in text
+
+
+def test_per_layer_is_shrunk_to_its_share_and_stays_honest(problem, monkeypatch):
+    model, loss, train, _ = problem
+    fixed_costs(monkeypatch, product_s=1.0)
+    a = analyze(model, loss, train, metrics=("trace",), per_layer=True, budget=100)
+    item = a.plan["train/per_layer"]
+    assert item.status == "ran" and item.settings["max_steps"] < 300
+    assert item.settings["trace_matvecs"] < 90
+    assert a.per_layer.num_matvecs <= item.planned  # converged blocks leave early
+    names = [p for b in a.per_layer for p in b.params]
+    H = cv.dense_hessian(model.double(), loss, (train[0].double(), train[1]), params=names)
+    model.float()
+    start = 0
+    for block in a.per_layer:
+        Hb = H[start:start + block.num_params, start:start + block.num_params]
+        start += block.num_params
+        ev = torch.linalg.eigvalsh(Hb)
+        assert block.lanczos_steps <= item.settings["max_steps"]
+        if block.converged_max:  # converged means right; otherwise it says so
+            assert float(block.top[0]) == pytest.approx(float(ev[-1]), rel=1e-4)
+    assert a.plan.seconds <= 100
