@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                    "quick 1)")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds per ResNet-18 analysis before it is killed (default 1800)")
+    p.add_argument("--widths", default=None,
+                   help="comma-separated ResNet-18 width multipliers of the train/sweep parts "
+                        "(default 1/16,1/8,1/4,1/2,1)")
     p.add_argument("--notes", default=None, help="markdown file appended to the report")
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         setup = dataclasses.replace(setup, threads=a.threads)
     if a.timeout is not None:
         setup = dataclasses.replace(setup, timeout_s=a.timeout)
+    if a.widths:
+        setup = dataclasses.replace(setup, widths=tuple(float(w) for w in a.widths.split(",")))
     csv = out / "runs.csv"
     if a.report_only:
         if not csv.exists():
