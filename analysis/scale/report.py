@@ -35,24 +35,30 @@ def cost_figure(df: pd.DataFrame, path: Path) -> bool:
 
     sweep = df[df["kind"] == "sweep"].dropna(subset=["num_params"]).sort_values("num_params")
     train = df[df["kind"] == "train_step"].dropna(subset=["num_params"]).sort_values("num_params")
-    if sweep.empty:
+    if sweep.empty and train.empty:
         return False
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     done = sweep[sweep["exit_code"] == 0]
-    axes[0].loglog(sweep["num_params"], sweep["wall_s"], "o-", label="reduced analysis (wall)")
+    if not sweep.empty:
+        axes[0].loglog(sweep["num_params"], sweep["wall_s"], "o-", label="reduced analysis (wall)")
     if not train.empty:
         axes[0].loglog(train["num_params"], train["wall_s"], "s--", label="one training step")
     axes[0].set_ylabel("seconds")
     axes[0].set_title("wall time")
-    if not done.empty and "products" in done:
+    if not done.empty and "products" in done and "analysis_s" in done:
         per = done["analysis_s"].astype(float) / done["products"].astype(float)
         axes[1].loglog(done["num_params"], per, "o-", label="analysis s / product")
         if not train.empty:
             axes[1].loglog(train["num_params"], train["wall_s"], "s--", label="training step")
     axes[1].set_ylabel("seconds")
     axes[1].set_title("time per Hessian product")
-    axes[2].loglog(sweep["num_params"], sweep["peak_rss_mib"] / 1024, "o-",
-                   label="reduced analysis")
+    if not sweep.empty:
+        axes[2].loglog(sweep["num_params"], sweep["peak_rss_mib"] / 1024, "o-",
+                       label="reduced analysis")
+    analyses = df[df["kind"] == "analyze"].dropna(subset=["num_params", "peak_rss_mib"])
+    for _, r in analyses.iterrows():
+        axes[2].loglog([r["num_params"]], [r["peak_rss_mib"] / 1024], "*", ms=12,
+                       label=f"ResNet-18 {r['run']}")
     if not train.empty:
         axes[2].loglog(train["num_params"], train["peak_rss_mib"] / 1024, "s--",
                        label="training step")
@@ -110,7 +116,10 @@ def _sweep_table(df: pd.DataFrame) -> list[str]:
            "| --- |" + " --- |" * 10]
     for _, r in sweep.iterrows():
         t = train.loc[r["width"]] if r["width"] in train.index else None
-        per = float(r["analysis_s"]) / float(r["products"]) if r.get("products") else math.nan
+        try:
+            per = float(r.get("analysis_s")) / float(r.get("products"))
+        except (TypeError, ValueError, ZeroDivisionError):
+            per = math.nan
         ratio = per / float(t["wall_s"]) if t is not None else math.nan
         out.append(
             f"| {r['width']:g} | {_num(r['num_params'], '{:,.0f}')} | {r.get('dtype', '–')} | "

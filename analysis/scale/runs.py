@@ -130,6 +130,12 @@ def _checkpoint(folder: Path, width: float) -> Path:
     return path
 
 
+def _num_params(width: float) -> int:
+    from analysis.scale.resnet18 import resnet18_cifar
+
+    return sum(p.numel() for p in resnet18_cifar(width=width).parameters())
+
+
 def _analyze_args(ckpt: Path, width: float, examples: int, out: Path) -> list[str]:
     return ["cli", "--", "analyze", str(ckpt), "--model", FACTORY,
             "--model-kwargs", json.dumps({"width": width}),
@@ -145,7 +151,7 @@ def _read_analysis(out: Path) -> dict[str, Any]:
     s = json.loads(summary.read_text())
     split = s.get("splits", {}).get("train", {})
     row.update({
-        "num_params": s.get("num_params"), "dtype": s.get("dtype"),
+        "dtype": s.get("dtype"),
         "dtype_reason": s.get("dtype_reason"),
         "products": s.get("num_matvecs_total"),
         "lambda_max": split.get("lambda_max"), "lambda_min": split.get("lambda_min"),
@@ -231,6 +237,7 @@ def run_all(setup: Setup, out: Path, parts: tuple[str, ...]) -> pd.DataFrame:
                 + list(setup.analyze_args))
         res = run_child(args, work / f"{name}.log", timeout, setup.threads)
         record({"run": name, "kind": "analyze", "width": setup.resnet_width,
+                "num_params": _num_params(setup.resnet_width),
                 "command": "curvature " + " ".join(args[2:]), **res, **_read_analysis(folder)})
     if "sweep" in parts:
         for w in setup.widths:
@@ -242,6 +249,7 @@ def run_all(setup: Setup, out: Path, parts: tuple[str, ...]) -> pd.DataFrame:
             res = run_child(args, work / f"sweep_w{w:g}.log", setup.sweep_timeout_s,
                             setup.threads)
             record({"run": f"sweep_w{w:g}", "kind": "sweep", "width": w,
+                    "num_params": _num_params(w),
                     "command": "curvature " + " ".join(args[2:]), **res,
                     **_read_analysis(folder)})
     return df
