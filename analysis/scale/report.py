@@ -33,6 +33,8 @@ def cost_figure(df: pd.DataFrame, path: Path) -> bool:
     against the parameter count, log-log; ``False`` when there is no sweep row."""
     import matplotlib.pyplot as plt
 
+    if "num_params" not in df or "kind" not in df:
+        return False
     sweep = df[df["kind"] == "sweep"].dropna(subset=["num_params"]).sort_values("num_params")
     train = df[df["kind"] == "train_step"].dropna(subset=["num_params"]).sort_values("num_params")
     if sweep.empty and train.empty:
