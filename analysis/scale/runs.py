@@ -56,7 +56,7 @@ class Setup:
 QUICK = Setup(examples=16, resnet_width=1 / 16, widths=(1 / 16,), budget="20s", threads=1,
               timeout_s=300.0, sweep_timeout_s=300.0,
               analyze_args=("--metrics", "eigenvalues,trace", "--top-k", "1", "--max-matvecs",
-                            "8", "--trace-matvecs", "4", "--budget", "40s"))
+                            "8", "--trace-matvecs", "4", "--budget", "2m"))
 """Seconds: a 44.6k-parameter ResNet-18 (width 1/16), 16 examples, a reduced analysis."""
 
 
