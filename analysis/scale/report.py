@@ -22,6 +22,10 @@ def _num(v, fmt: str = "{:.1f}") -> str:
     return "–" if math.isnan(f) else fmt.format(f)
 
 
+def _text(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+
 def _flag(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -97,7 +101,7 @@ def _analyze_table(df: pd.DataFrame) -> list[str]:
         out.append(
             f"| {r['run']} | {_num(r['wall_s'] / 60, '{:.1f}')} | "
             f"{_num(GOAL_MINUTES.get(r['run']), '{:g}')} | {_num(r['peak_rss_mib'], '{:.0f}')} | "
-            f"{_num(r.get('products'), '{:.0f}')} | {r.get('dtype', '–')} | "
+            f"{_num(r.get('products'), '{:.0f}')} | {_text(r.get('dtype'))} | "
             f"{_num(r.get('lambda_max'), '{:.5g}')} | {_flag(r.get('converged_largest'))} / "
             f"{_flag(r.get('converged_smallest'))} | {_flag(r.get('per_layer_csv'))} / "
             f"{_flag(r.get('per_layer_png'))} | {blocks} | {exit_text} |")
@@ -124,7 +128,7 @@ def _sweep_table(df: pd.DataFrame) -> list[str]:
             per = math.nan
         ratio = per / float(t["wall_s"]) if t is not None else math.nan
         out.append(
-            f"| {r['width']:g} | {_num(r['num_params'], '{:,.0f}')} | {r.get('dtype', '–')} | "
+            f"| {r['width']:g} | {_num(r['num_params'], '{:,.0f}')} | {_text(r.get('dtype'))} | "
             f"{_num(t['wall_s'] if t is not None else None, '{:.2f}')} | "
             f"{_num(t['peak_rss_mib'] if t is not None else None, '{:.0f}')} | "
             f"{_num(r['wall_s'])} | {_num(r.get('products'), '{:.0f}')} | {_num(per, '{:.2f}')} | "
