@@ -42,7 +42,8 @@ def test_scale_quick(tmp_path):
     # the per-layer table and figure, or the budget planner's statement that it cut them
     assert (layer["per_layer_csv"] and layer["per_layer_png"] and layer["per_layer_blocks"] > 1) \
         or "per_layer: skipped: budget" in log
-    assert layer["products"] > 0 and math.isfinite(layer["lambda_max"])
+    assert layer["products"] > 0
+    assert math.isfinite(layer["lambda_max"]) or "eigenvalues_largest: skipped: budget" in log
     report = (out / "report.md").read_text()
     assert "per_layer" in report and (out / "cost_vs_params.png").exists()
     (out / "report.md").unlink()
