@@ -206,6 +206,7 @@ def trace(
     seed: int | None = None,
     block_size: int | None = None,
     progress: bool = False,
+    sketch_size: int | None = None,
 ) -> TraceResult:
     """Estimate ``tr(H)`` from ``num_matvecs`` products with Rademacher probes.
 
@@ -227,6 +228,10 @@ def trace(
         many as fit in 256 MiB.
     progress : bool
         Show a tqdm bar of the products spent.
+    sketch_size : int, optional
+        Hutch++ only: most sketch columns (default ``num_matvecs // 3``; the sketch
+        stores ``2 n sketch_size`` numbers); the products it frees go to the
+        Hutchinson part.
 
     Returns
     -------
@@ -244,9 +249,16 @@ def trace(
             f"error), got {num_matvecs}"
         )
     block_size = _block_size(block_size, op)
-    estimator = hutchpp if method == "hutch++" else hutchinson_trace
-    return estimator(op, num_matvecs, generator=make_generator(seed, op.device),
-                     block_size=block_size, progress=progress)
+    gen = make_generator(seed, op.device)
+    if method == "hutch++":
+        if sketch_size is not None:
+            sketch_size = checks.positive_int(sketch_size, "sketch_size")
+        return hutchpp(op, num_matvecs, generator=gen, block_size=block_size,
+                       sketch_size=sketch_size, progress=progress)
+    if sketch_size is not None:
+        raise ValueError("sketch_size applies to method='hutch++' only")
+    return hutchinson_trace(op, num_matvecs, generator=gen, block_size=block_size,
+                            progress=progress)
 
 
 def diagonal(

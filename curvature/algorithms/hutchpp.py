@@ -49,6 +49,7 @@ def hutchpp(
     *,
     generator: torch.Generator | None = None,
     block_size: int | None = None,
+    sketch_size: int | None = None,
     progress: bool = False,
 ) -> TraceResult:
     """Hutch++ estimate of ``tr(H)`` from ``num_matvecs >= 4`` products, with the standard
@@ -56,7 +57,10 @@ def hutchpp(
 
     Arguments as in :func:`curvature.trace` (``method="hutch++"``), which checks them;
     ``generator`` draws the probes (fresh entropy when ``None``); ``block_size=None``
-    takes :func:`~curvature.algorithms.probes.default_block_size`.
+    takes :func:`~curvature.algorithms.probes.default_block_size`. ``sketch_size`` caps
+    ``s`` (the sketch stores ``2 s`` vectors, :func:`curvature.memory.sketch_size`); the
+    products it frees go to the Hutchinson part (``g = m - 2 s``), which keeps the
+    estimate unbiased and its standard error honest.
 
     Raises:
         TypeError: ``op`` is not a ``CurvatureOperator``.
@@ -78,6 +82,8 @@ def hutchpp(
     start_count = op.num_matvecs
     m = num_matvecs
     s = min(m // 3, n)
+    if sketch_size is not None:
+        s = min(s, sketch_size)
     g = m - 2 * s
     with tqdm(total=m, desc="trace (hutch++)", disable=not progress, leave=False) as bar:
         # Sketch: Q = orth(H S), S Rademacher [n, s].

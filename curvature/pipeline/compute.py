@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from curvature import memory
 from curvature.batches import batch_size_of, model_args
 from curvature.data_loop import DataLoop
 from curvature.errors import CurvatureWarning
@@ -49,10 +50,13 @@ def _timed(timings: dict[str, float], key: str):
     return ctx()
 
 
-def _resolve_dtype(config: AnalysisConfig, device: torch.device) -> torch.dtype:
-    if config.dtype is not None:
-        return getattr(torch, config.dtype)
-    return torch.float64 if device.type == "cpu" else torch.float32
+def _resolve_dtype(config: AnalysisConfig, device: torch.device,
+                   num_params: int = 0) -> tuple[torch.dtype, str]:
+    """``(dtype, reason)``: :func:`curvature.memory.analysis_dtype` (float64 on CPU up to
+    its size threshold, float32 products with float64 bookkeeping above)."""
+    from curvature.memory import analysis_dtype
+
+    return analysis_dtype(num_params, device, config.dtype)
 
 
 def analyze(
@@ -95,11 +99,14 @@ def analyze(
     log = log or _silent
     ref = next(iter(model.parameters()))
     device = torch.device(config.device) if config.device else ref.device
-    dtype = _resolve_dtype(config, device)
+    num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    dtype, dtype_reason = _resolve_dtype(config, device, num_params)
+    if device.type == "cpu" and num_params > memory.FLOAT64_MAX_PARAMS:
+        memory.return_freed_memory()  # big models: freed graph tensors leave the heap
     work = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     names = [k for k, p in work.named_parameters() if p.requires_grad]
-    num_params = sum(p.numel() for p in work.parameters() if p.requires_grad)
     k = min(config.top_k, num_params)
+    mem = memory_plan(config, num_params, dtype, work)
     want = set(config.metrics)
     timings: dict[str, float] = {}
     splits: dict[str, SplitAnalysis] = {}
@@ -118,7 +125,8 @@ def analyze(
         splits[split] = SplitAnalysis(split, _count(batches, device), loss, acc,
                                       float(grads[split].double().norm()))
 
-    plan = _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings)
+    plan = _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings,
+                 mem["per_layer_blocks"])
     if log is not _silent:
         log(plan.line())
     elif config.progress:
@@ -162,7 +170,8 @@ def analyze(
                 before = op.num_matvecs
                 with _timed(res.timings, f"eigenvalues_{which}"):
                     r = eigenvalues(op, k, which=which, tol=config.tol,
-                                    max_matvecs=s["max_matvecs"], seed=config.seed)
+                                    max_matvecs=s["max_matvecs"], seed=config.seed,
+                                    basis_size=mem["lanczos_basis_size"])
                 setattr(res, attr, r)
                 res.num_matvecs[f"eigenvalues_{which}"] = op.num_matvecs - before
                 spend(name, op.num_matvecs - before)
@@ -170,17 +179,22 @@ def analyze(
             if name in plan and (s := start(name, f"{split}: Hutch++ trace")) is not None:
                 before = op.num_matvecs
                 with _timed(res.timings, "trace"):
+                    mem["hutchpp_sketch_size"] = memory.sketch_size(s["num_matvecs"],
+                                                                    num_params, dtype)
                     res.trace = trace(op, method="hutch++", num_matvecs=s["num_matvecs"],
-                                      seed=config.seed)
+                                      seed=config.seed, sketch_size=mem["hutchpp_sketch_size"])
                 res.num_matvecs["trace"] = op.num_matvecs - before
                 spend(name, op.num_matvecs - before)
             name = f"{split}/density"
             if name in plan and (s := start(name, f"{split}: SLQ density")) is not None:
                 before = op.num_matvecs
+                steps, probe_block = memory.slq_plan(s["num_steps"], s["num_probes"],
+                                                     num_params, dtype)
+                mem.update(density_steps=steps, density_probe_block=probe_block)
                 with _timed(res.timings, "density"):
                     res.density = spectral_density(
-                        op, num_steps=s["num_steps"], num_probes=s["num_probes"],
-                        seed=config.seed)
+                        op, num_steps=min(steps, s["num_steps"]), num_probes=s["num_probes"],
+                        seed=config.seed, probe_block=probe_block)
                 res.num_matvecs["density"] = op.num_matvecs - before
                 spend(name, op.num_matvecs - before)
         res.warnings = _own_warnings(caught)
@@ -223,13 +237,20 @@ def analyze(
             s := start("train/per_layer", "train: per-layer spectra")) is not None:
         from curvature.blockwise import block_spectra
 
+        pl = memory.per_layer_plan(
+            work, num_params, dtype, s["max_steps"], s["density_probes"] > 0,
+            max(1, s["density_steps"]), max(1, s["density_probes"]))
+        mem.update(pl)
+        log(f"train: per-layer spectra (one block per {pl['per_layer_blocks']})")
+        if pl["per_layer_note"]:
+            log(f"train: per-layer: {pl['per_layer_note']}")
         with _timed(timings, "per_layer"):
             per_layer = block_spectra(
-                work, loss_fn, data, blocks="module", tol=config.tol,
-                max_steps=s["max_steps"], trace_matvecs=s["trace_matvecs"],
+                work, loss_fn, data, blocks=pl["per_layer_blocks"], tol=config.tol,
+                max_steps=pl["per_layer_steps"], trace_matvecs=s["trace_matvecs"],
                 seed=config.seed, dtype=dtype, device=device, method=config.hvp_method,
-                density=s["density_probes"] > 0, density_steps=max(1, s["density_steps"]),
-                density_probes=max(1, s["density_probes"]), on_product=tick,
+                density=pl["per_layer_density"], density_steps=pl["per_layer_density_steps"],
+                density_probes=pl["per_layer_density_probes"], on_product=tick,
             )
         spend("train/per_layer", per_layer.num_matvecs)
         if not per_layer.converged:
@@ -238,6 +259,8 @@ def analyze(
     timings["total"] = time.perf_counter() - t_all
     info = dict(info or {})
     info.setdefault("dtype", str(dtype).replace("torch.", ""))
+    info.setdefault("dtype_reason", dtype_reason)
+    info.setdefault("memory_plan", mem)
     info.setdefault("device", str(device))
     return Analysis(splits=splits, num_params=num_params, config=config, info=info,
                     timings=timings, per_layer=per_layer, plan=plan)
@@ -262,7 +285,8 @@ def _silent(_message: str) -> None:
     """The default ``log``: nothing."""
 
 
-def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings) -> Plan:
+def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings,
+          grouping: str | None = None) -> Plan:
     """Measure the costs (:mod:`curvature.pipeline.costs`) and make the plan."""
     from curvature.algorithms.probes import default_block_size
     from curvature.partition import partition
@@ -270,7 +294,7 @@ def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, tim
     dims = None
     if config.per_layer:
         sizes = dict(zip(ops["train"].risk.names, ops["train"].risk.numels))
-        dims = [sum(sizes[p] for p in ps) for _, ps in partition(work, "module")]
+        dims = [sum(sizes[p] for p in ps) for _, ps in partition(work, grouping or "module")]
     evaluate = None
     if "landscape" in config.metrics:
         train = datasets[0][1]
@@ -295,6 +319,30 @@ def _own_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     return sorted(own)
+
+
+def memory_plan(config: AnalysisConfig, n: int, dtype: torch.dtype, work: nn.Module) -> dict[str, Any]:
+    """Sizes of the stored vectors of each estimator under :data:`curvature.memory.VECTOR_BYTES`
+    (:mod:`curvature.memory`; ``None``: the estimator's default, which fits)."""
+    from curvature import memory
+
+    k = min(config.top_k, n)
+    steps, probe_block = memory.slq_plan(config.density_steps, config.density_probes, n, dtype)
+    per_layer = {}
+    if config.per_layer:
+        per_layer = memory.per_layer_plan(
+            work, n, dtype, config.max_matvecs or 300, "density" in config.metrics,
+            config.density_steps, config.density_probes)
+    return {
+        "vector_bytes": memory.VECTOR_BYTES,
+        "vectors": memory.vector_count(n, dtype),
+        "lanczos_basis_size": memory.lanczos_basis_size(k, n, dtype),
+        "hutchpp_sketch_size": memory.sketch_size(config.trace_matvecs, n, dtype),
+        "density_steps": steps,
+        "density_probe_block": probe_block,
+        "per_layer_blocks": None,
+        **per_layer,
+    }
 
 
 def _count(batches: Any, device) -> int:

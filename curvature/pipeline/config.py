@@ -49,7 +49,8 @@ class AnalysisConfig:
             ``"fd"`` or ``"fd-central"`` (finite differences of gradients, for models
             whose kernels have no second derivative; see :class:`HessianOperator`).
         per_layer: also the per-block spectra of the training split, one block per
-            module owning parameters (:func:`curvature.block_spectra`: lambda_max,
+            module owning parameters, or per top-level child when the modules are many
+            (:func:`curvature.memory.block_grouping`; :func:`curvature.block_spectra`: lambda_max,
             lambda_min and a Hutchinson trace of ``trace_matvecs`` probes per block;
             ``tol``; ``max_matvecs`` caps each block's Lanczos steps, default 300; with
             ``"density"`` in ``metrics`` also an SLQ density per block).

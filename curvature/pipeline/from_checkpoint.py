@@ -87,6 +87,7 @@ def analyze_checkpoint(
         raise InputError(f"max_examples must be a positive integer, got {max_examples!r}")
     # the same seeded subset on every rank, then this rank's shard of it
     x, y = _shard(*_subsample(ds.x_train, ds.y_train, max_examples, config.seed))
+    batch_size = _memory_batch_size(ckpt.model, loss_fn, x, y, batch_size, config, log)
     train_batches = batches(x, y, batch_size)
     test_batches = None
     if test and len(ds.x_test):
@@ -103,6 +104,29 @@ def analyze_checkpoint(
     }
     return analyze(ckpt.model, loss_fn, train_batches, test_data=test_batches, config=config,
                    info=info, log=log)
+
+
+def _memory_batch_size(model, loss_fn, x: Tensor, y: Tensor, batch_size: int | None,
+                       config: AnalysisConfig, log: Callable[[str], None] | None) -> int | None:
+    """``batch_size`` lowered to :func:`curvature.memory.product_batch_size` (the gradient
+    graph of a batch within :data:`curvature.memory.GRAPH_BYTES`), in equal batches."""
+    from curvature import memory
+
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    device = torch.device(config.device) if config.device else torch.device("cpu")
+    dtype, _ = memory.analysis_dtype(n, device, config.dtype)
+    try:
+        cap = memory.product_batch_size(model, loss_fn, x, y, dtype)
+    except Exception:  # noqa: BLE001 - no second derivatives etc.: the analysis says why
+        return batch_size
+    want = len(x) if batch_size is None else min(batch_size, len(x))
+    if want <= cap:
+        return batch_size
+    size = -(-want // -(-want // cap))  # equal batches of at most cap examples
+    if log is not None:
+        log(f"batches of {size} examples (not {want}): one batch's gradient graph stays "
+            f"within {memory.GRAPH_BYTES / 2**30:g} GiB (curvature.memory.GRAPH_BYTES)")
+    return size
 
 
 def _subsample(x: Tensor, y: Tensor, n: int | None, seed: int) -> tuple[Tensor, Tensor]:

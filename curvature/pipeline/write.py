@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from curvature.atomic import atomic_directory
+from curvature.memory import memory_lines
 from curvature.pipeline.summary import Analysis
 
 __all__ = ["format_value", "write_analysis"]
@@ -61,7 +62,8 @@ def _write_into(folder: Path, analysis: Analysis, summary, tables, title, figure
             from curvature.plots import per_block_figure
 
             per_block_figure(analysis.per_layer, folder / "per_layer.png")
-            made.append(("per_layer.png", "Per-module blocks of the Hessian (training split) "
+            grouping = (analysis.info.get("memory_plan") or {}).get("per_layer_blocks") or "module"
+            made.append(("per_layer.png", f"Per-{grouping} blocks of the Hessian (training split) "
                          "in model order: the largest (filled) and smallest (open) eigenvalue "
                          "of each diagonal block and its trace with a +-2 standard-error bar; "
                          "table in per_layer.csv."))
@@ -70,7 +72,7 @@ def _write_into(folder: Path, analysis: Analysis, summary, tables, title, figure
 
                 per_block_density_figure(analysis.per_layer, folder / "per_layer_density.png")
                 made.append(("per_layer_density.png", "Spectral density (SLQ, log scale) of "
-                             "each per-module diagonal block of the Hessian, side by side in "
+                             f"each per-{grouping} diagonal block of the Hessian, side by side in "
                              "model order."))
     (folder / "report.md").write_text(_report(analysis, summary, made, tables, title))
 
@@ -239,6 +241,7 @@ def _report(analysis: Analysis, summary: dict[str, Any], figures, tables, title:
                    + (f"; hyperparameters `{json.dumps(hp)}`" if hp else ""))
     src.append(f"- {analysis.num_params} parameters, computed in {info.get('dtype')} on "
                f"{info.get('device')} in {analysis.timings.get('total', 0):.1f} s")
+    src += memory_lines(info)
     lines += src + ["", "## Curvature", ""]
     names = list(analysis.splits)
     rows = [
