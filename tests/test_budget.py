@@ -298,3 +298,29 @@ def test_a_late_run_is_cut_to_the_time_left_under_a_given_budget():
     first = default["train/eigenvalues_largest"].planned
     assert default.grant("train/eigenvalues_largest", elapsed=1e6).settings == {
         "max_matvecs": first}  # a default budget is never cut by the clock
+
+
+def test_slow_products_plan_per_layer_columns_without_a_wide_product(problem, monkeypatch):
+    """Above WIDE_MEASURE_LIMIT_S a per-layer column is planned as one whole product (an
+    upper bound) and no wide product is run; below it, the wide product is measured."""
+    from curvature.pipeline import costs as costs_module
+
+    model, loss, train, _ = problem
+    op = cv.HessianOperator(model, loss, [train])
+    widths = []
+    real = costs_module.product_seconds
+
+    def counting(op_, width=1, seed=0):
+        widths.append(width)
+        return real(op_, width, seed)
+
+    monkeypatch.setattr(costs_module, "product_seconds", counting)
+    monkeypatch.setattr(costs_module, "WIDE_MEASURE_LIMIT_S", 0.0)
+    slow = costs_module.measure_costs({"train": op}, per_layer_width=4)
+    assert widths == [1]
+    assert slow.column_s == slow.product_s["train"] and slow.pass_s == 0.0
+    widths.clear()
+    monkeypatch.setattr(costs_module, "WIDE_MEASURE_LIMIT_S", float("inf"))
+    fast = costs_module.measure_costs({"train": op}, per_layer_width=4)
+    assert widths == [1, 4]
+    assert fast.column_s is not None and fast.column_s > 0
