@@ -56,7 +56,6 @@ __all__ = [
     "lanczos_basis_size",
     "per_layer_plan",
     "product_batch_size",
-    "return_freed_memory",
     "sketch_size",
     "slq_plan",
     "vector_count",
@@ -285,27 +284,3 @@ def memory_lines(info: dict[str, Any]) -> list[str]:
                  f"({plan.get('vectors')} parameter vectors)"
                  + (": " + "; ".join(changed) if changed else " (every default fits)"))
     return lines
-
-
-_MMAP_SET = False
-
-
-def return_freed_memory(threshold: int = 2**20) -> bool:
-    """Make glibc serve allocations of at least ``threshold`` bytes by ``mmap`` (process
-    wide, once), so that freed activations go back to the kernel instead of staying in
-    the heap. By default glibc raises this threshold to 32 MiB as it sees big frees, and
-    the graph tensors of a product (1-30 MiB each on a ResNet-18 batch of 43 examples) then
-    stay resident and fragment: measured over two 129-example products (float32, batches of
-    43), peak 1764 MiB and 1316-1600 MiB resident after each, against 1431-1475 MiB and
-    705 MiB with a 1 MiB threshold. Returns whether it was set (glibc only)."""
-    global _MMAP_SET
-    if _MMAP_SET:
-        return True
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        _MMAP_SET = bool(libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
-    return _MMAP_SET

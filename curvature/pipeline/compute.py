@@ -101,8 +101,6 @@ def analyze(
     device = torch.device(config.device) if config.device else ref.device
     num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     dtype, dtype_reason = _resolve_dtype(config, device, num_params)
-    if device.type == "cpu" and num_params > memory.FLOAT64_MAX_PARAMS:
-        memory.return_freed_memory()  # big models: freed graph tensors leave the heap
     work = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     names = [k for k, p in work.named_parameters() if p.requires_grad]
     k = min(config.top_k, num_params)
