@@ -12,10 +12,11 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 import curvature as cv
+from analysis.scale.resnet18 import ResNet18
 from curvature import models
 
 __all__ = ["Workload", "train_briefly", "mlp_digits", "resnet20_cifar", "vit_cifar",
-           "resnet18_cifar", "ResNet18", "gpt2_tokens", "as_loader", "digits_all",
+           "resnet18_cifar", "gpt2_tokens", "as_loader", "digits_all",
            "digits_batches", "seeded_vector", "FEEDS"]
 
 FEEDS = ("tensor", "loader", "loader-shuffle")
@@ -131,56 +132,13 @@ def as_loader(w: Workload, shuffle: bool = False) -> Workload:
                     w.truth_key or w.name, w.blocks)
 
 
-class _Block18(nn.Module):
-    """Basic block of the CIFAR ResNet-18: two 3x3 conv + BN, projection shortcut
-    (1x1 conv + BN) where the shape changes."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut: nn.Module = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return torch.relu(out + self.shortcut(x))
-
-
-class ResNet18(nn.Module):
-    """ResNet-18, CIFAR variant (3x3 stem, no max-pool; stages of 2 blocks with 64, 128,
-    256, 512 channels; He et al. 2016): ``[N, 3, 32, 32] -> [N, 10]``, 11,173,962
-    parameters at ``width=64``."""
-
-    def __init__(self, num_classes: int = 10, width: int = 64) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        c, stages = width, []
-        for i, mult in enumerate((1, 2, 4, 8)):
-            stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(_Block18(c, width * mult, stride),
-                                        _Block18(width * mult, width * mult, 1)))
-            c = width * mult
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.linear = nn.Linear(c, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        return self.linear(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
-
-
 def resnet18_cifar(n_train: int, train_steps: int, batch: int, width: int = 64) -> Workload:
-    """:class:`ResNet18` (BatchNorm in eval mode) on synthetic CIFAR-shaped images."""
+    """The CIFAR ResNet-18 of :mod:`analysis.scale.resnet18` (``width`` channels in the
+    stem; 64: 11,173,962 parameters; BatchNorm in eval mode) on synthetic CIFAR-shaped
+    images."""
     torch.manual_seed(0)
     ds = cv.load_dataset({"name": "synthetic-image", "n_train": n_train, "n_test": 1})
-    model = ResNet18(width=width)
+    model = ResNet18(width=width / 64)
     batches = ds.train_batches(batch)
     train_briefly(model, batches, train_steps, 1e-3)
     return Workload(f"resnet18w{width}-cifar{n_train}",
