@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -39,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 import curvature as cv
-from analysis.harness.cli import base_parser
+from analysis.harness.cli import base_parser, settings_and_out
 from analysis.harness.report import png_sizes, write_run_meta
 from analysis.harness.timing import Timer
 from curvature.optim import SAM, AcceleratedSAM, calibrate_learning_rate
@@ -225,11 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.split("\n")[0], "reports/accelerated-sam",
                     report_only="rebuild tables, figures and report.md from the CSVs in --out")
     args = p.parse_args(argv)
-    s = QUICK if args.quick else Settings()
-    if args.seeds:
-        s.seeds = args.seeds
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    s, out = settings_and_out(args, QUICK, Settings())
     if args.report_only:
         return rebuild(out, s, args.quick)
     timer = Timer()

@@ -51,7 +51,7 @@ from analysis.eos_window import (
     window_section,
     window_summary,
 )
-from analysis.harness.cli import base_parser, command_line
+from analysis.harness.cli import base_parser, command_line, settings_and_out
 from analysis.harness.report import (
     finish_report,
     markdown_table,
@@ -242,11 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window-only", action="store_true",
                    help="run only the every-step window runs (keep trajectories.csv in --out)")
     args = p.parse_args(argv)
-    s = QUICK if args.quick else Settings()
-    if args.seeds:
-        s.seeds = args.seeds
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    s, out = settings_and_out(args, QUICK, Settings())
     if args.report_only:
         return rebuild(out, s, args.quick)
     timer = Timer()

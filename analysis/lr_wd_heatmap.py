@@ -27,7 +27,7 @@ import torch
 
 import curvature as cv
 from analysis.claim_rows import write_rows
-from analysis.harness.cli import base_parser
+from analysis.harness.cli import base_parser, settings_and_out
 from analysis.harness.measures import curvature_metrics
 from analysis.harness.report import finish_report, png_sizes, read_run_meta, write_run_meta
 from analysis.harness.timing import Timer
@@ -105,11 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.split("\n")[0], "reports/lr-wd-heatmap",
                     report_only="rebuild tables, figures and report.md from runs.csv in --out")
     args = p.parse_args(argv)
-    s = QUICK if args.quick else Settings()
-    if args.seeds:
-        s.seeds = args.seeds
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    s, out = settings_and_out(args, QUICK, Settings())
     if args.report_only:
         return rebuild(out, s, args.quick)
     timer = Timer()

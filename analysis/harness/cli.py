@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 __all__ = ["REPO", "base_parser", "command_line", "module_command"]
 
@@ -27,6 +28,17 @@ def base_parser(description: str, default_out: str,
     if report_only is not None:
         p.add_argument("--report-only", action="store_true", help=report_only)
     return p
+
+
+def settings_and_out(args: argparse.Namespace, quick: Any, full: Any) -> tuple[Any, Path]:
+    """A driver's settings (``quick`` under ``--quick``, else ``full``; ``--seeds``
+    overrides their ``seeds``) and its ``--out`` folder, created."""
+    settings = quick if args.quick else full
+    if args.seeds:
+        settings.seeds = args.seeds
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return settings, out
 
 
 def module_command(script: str | Path) -> str:
