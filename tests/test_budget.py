@@ -324,3 +324,25 @@ def test_slow_products_plan_per_layer_columns_without_a_wide_product(problem, mo
     fast = costs_module.measure_costs({"train": op}, per_layer_width=4)
     assert widths == [1, 4]
     assert fast.column_s is not None and fast.column_s > 0
+
+
+def test_slow_products_reuse_the_analysis_gradient_and_forward_times(problem, monkeypatch):
+    """Above WIDE_MEASURE_LIMIT_S the gradient and a landscape point are not timed again:
+    the analysis' first gradient and its forward pass stand in; below it they are timed."""
+    from curvature.pipeline import costs as costs_module
+
+    model, loss, train, _ = problem
+    op = cv.HessianOperator(model, loss, [train])
+    timed = []
+    monkeypatch.setattr(costs_module, "gradient_seconds", lambda op_: timed.append("g") or 0.5)
+    evaluate = lambda: timed.append("point") or 0.25  # noqa: E731
+    monkeypatch.setattr(costs_module, "WIDE_MEASURE_LIMIT_S", 0.0)
+    slow = costs_module.measure_costs({"train": op}, evaluate=evaluate,
+                                      gradient_s=7.0, forward_s=3.0)
+    assert timed == [] and slow.gradient_s["train"] == 7.0
+    assert slow.evaluation_s["train"] == 3.0
+    monkeypatch.setattr(costs_module, "WIDE_MEASURE_LIMIT_S", float("inf"))
+    fast = costs_module.measure_costs({"train": op}, evaluate=evaluate,
+                                      gradient_s=7.0, forward_s=3.0)
+    assert timed == ["g", "point"]
+    assert fast.gradient_s["train"] == 0.5 and fast.evaluation_s["train"] == 0.25

@@ -119,7 +119,8 @@ def analyze(
         with _timed(timings, f"{split}_loss_gradient"):
             grads[split] = ops[split].gradient()
             loss = ops[split].loss()
-        acc = _accuracy(work, batches, device, dtype)
+        with _timed(timings, f"{split}_forward"):
+            acc = _accuracy(work, batches, device, dtype)
         splits[split] = SplitAnalysis(split, _count(batches, device), loss, acc,
                                       float(grads[split].double().norm()))
 
@@ -300,7 +301,9 @@ def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, tim
     with _timed(timings, "plan"):
         costs = measure_costs(ops, evaluate=evaluate,
                               per_layer_width=min(4, len(dims)) if dims else 0,
-                              seed=config.seed, started=t_all)
+                              seed=config.seed, started=t_all,
+                              gradient_s=timings.get("train_loss_gradient"),
+                              forward_s=timings.get("train_forward"))
     return make_plan(config, costs, num_params=num_params, k=k, splits=tuple(ops),
                      block_dims=dims, probe_columns=default_block_size(ops["train"]),
                      budget_s=config.budget)

@@ -11,6 +11,15 @@ Every time is a wall-clock measurement on the actual model, data, dtype and devi
 * a per-layer column: from a warm 1-column and a warm ``w``-column product
   (``w = min(4, blocks)``), ``seconds = pass + columns * column``.
 
+When one product takes more than :data:`WIDE_MEASURE_LIMIT_S` (a model of millions of
+parameters on a CPU), every measurement would cost a sizeable part of a short budget
+(measured on an 11M-parameter ResNet-18, 256 examples, 2 cores: 37 s of 117 s of set-up
+were the warm gradient and the landscape line). There the times the analysis has already
+spent stand in: the gradient is the first dataset gradient (``gradient_s``, an upper
+bound of a warm one), a landscape point is one forward pass over the split's data
+(``forward_s``, the accuracy pass; the landscape's points are evaluated together, so a
+point costs at most a forward pass), and a per-layer column is planned as one product.
+
 Under ``torch.distributed`` the slowest rank's times (and set-up time) are used on every
 rank, so all ranks make the same plan (their products are all-reduced and must match;
 what a metric leaves to the next is counted in products, not measured time).
@@ -95,6 +104,8 @@ def measure_costs(
     per_layer_width: int = 0,
     seed: int = 0,
     started: float | None = None,
+    gradient_s: float | None = None,
+    forward_s: float | None = None,
 ) -> Costs:
     """:class:`Costs` of the splits' operators ``ops`` (``{"train": op, ...}``).
 
@@ -103,14 +114,22 @@ def measure_costs(
     split's by the ratio of the product times. ``evaluate``: returns the seconds of one
     landscape point (omitted when no landscape is computed); ``per_layer_width``:
     columns of the wide product that measures per-layer columns (0: not measured);
-    ``started``: ``time.perf_counter()`` at the start of the analysis (for ``setup_s``).
+    ``started``: ``time.perf_counter()`` at the start of the analysis (for ``setup_s``);
+    ``gradient_s``, ``forward_s``: seconds the analysis spent on the training split's
+    first gradient and on a forward pass over it, used instead of new measurements when
+    a product takes over :data:`WIDE_MEASURE_LIMIT_S` (module docstring).
     """
     costs = Costs()
     train = ops["train"]
     costs.product_s["train"] = product_seconds(train, 1, seed)
-    costs.gradient_s["train"] = gradient_seconds(train)
+    expensive = costs.product_s["train"] > WIDE_MEASURE_LIMIT_S
+    if expensive and gradient_s is not None:
+        costs.gradient_s["train"] = gradient_s
+    else:
+        costs.gradient_s["train"] = gradient_seconds(train)
     if evaluate is not None:
-        costs.evaluation_s["train"] = evaluate()
+        expensive_point = expensive and forward_s is not None
+        costs.evaluation_s["train"] = forward_s if expensive_point else evaluate()
     for split, op in ops.items():
         if split != "train":
             # one product, not repeated: a first product is at least as slow as a warm
@@ -124,7 +143,7 @@ def measure_costs(
             for table in (costs.gradient_s, costs.evaluation_s):
                 if "train" in table:
                     table[split] = table["train"] * ratio
-    if per_layer_width >= 2 and costs.product_s["train"] > WIDE_MEASURE_LIMIT_S:
+    if per_layer_width >= 2 and expensive:
         # a wide product costs minutes here (and its first call calibrates the product
         # path): plan each column as a full product instead of measuring (an upper bound)
         costs.column_s, costs.pass_s = costs.product_s["train"], 0.0
