@@ -145,7 +145,7 @@ def risk_sharpness(risk: Any, *, rho: float, kind: str = "worst", steps: int = 1
     scale = w0.abs() + eta
     gen = torch.Generator().manual_seed(int(seed))
     try:
-        base = float(_loss(risk, w0))
+        base = float(loss_at(risk, w0))
     except NonFiniteLossError as e:
         raise ValueError(f"the loss at w is non-finite ({e}); sharpness is undefined") from None
     try:
@@ -165,7 +165,7 @@ def _draw(risk: Any, gen: torch.Generator) -> Tensor:
     return torch.cat([p.reshape(-1) for p in parts]).to(risk.device)
 
 
-def _loss(risk: Any, w: Tensor) -> Tensor:
+def loss_at(risk: Any, w: Tensor) -> Tensor:
     """Dataset loss at flat ``w`` (one pass over the data, no graph)."""
 
     def step(_: int, batch: Any) -> tuple[Tensor, Tensor]:
@@ -195,7 +195,7 @@ def _average(risk, w0, scale, rho, samples, gen, base, eta) -> SharpnessResult:
     gains = []
     for _ in range(samples):
         u = rho * _draw(risk, gen)
-        gains.append(float(_loss(risk, w0 + scale * u)) - base)
+        gains.append(float(loss_at(risk, w0 + scale * u)) - base)
     g = torch.tensor(gains, dtype=torch.float64)
     return SharpnessResult("average", float(g.mean()), float(g.std() / math.sqrt(samples)),
                            base, rho, eta, samples + 1, samples)
@@ -209,7 +209,7 @@ def _worst(risk, w0, scale, rho, steps, gen, base, eta) -> SharpnessResult:
     for i in range(steps + 1):
         w = w0 + scale * u
         if i == steps:
-            best = max(best, float(_loss(risk, w)) - base)
+            best = max(best, float(loss_at(risk, w)) - base)
             evals += 1
             break
         loss, grad = _loss_and_gradient(risk, w)

@@ -6,6 +6,8 @@ Every time is a wall-clock measurement on the actual model, data, dtype and devi
   one also fills caches, so it is not typical);
 * a gradient: a warm dataset gradient;
 * a landscape point: a short 1-D landscape, per point (points are vectorised);
+* a loss evaluation (adaptive sharpness): one pass of the training loss at a copy of
+  the parameters (:func:`curvature.sharpness.loss_at`);
 * the test split: one product (its first, an upper bound of a warm one); its gradient
   and landscape point scaled from the training split's by the ratio of product times;
 * a per-layer column: from a warm 1-column and a warm ``w``-column product
@@ -95,6 +97,7 @@ def measure_costs(
     per_layer_width: int = 0,
     seed: int = 0,
     started: float | None = None,
+    loss: bool = False,
 ) -> Costs:
     """:class:`Costs` of the splits' operators ``ops`` (``{"train": op, ...}``).
 
@@ -103,7 +106,8 @@ def measure_costs(
     split's by the ratio of the product times. ``evaluate``: returns the seconds of one
     landscape point (omitted when no landscape is computed); ``per_layer_width``:
     columns of the wide product that measures per-layer columns (0: not measured);
-    ``started``: ``time.perf_counter()`` at the start of the analysis (for ``setup_s``).
+    ``started``: ``time.perf_counter()`` at the start of the analysis (for ``setup_s``);
+    ``loss``: also time a plain loss evaluation of the training split (``loss_s``).
     """
     costs = Costs()
     train = ops["train"]
@@ -111,6 +115,11 @@ def measure_costs(
     costs.gradient_s["train"] = gradient_seconds(train)
     if evaluate is not None:
         costs.evaluation_s["train"] = evaluate()
+    if loss:
+        from curvature.sharpness import loss_at
+
+        w = train.risk.w0.clone()
+        costs.loss_s["train"] = _median_time(lambda: loss_at(train.risk, w), train.device)
     for split, op in ops.items():
         if split != "train":
             # one product, not repeated: a first product is at least as slow as a warm
@@ -150,6 +159,7 @@ def _slowest_rank(costs: Costs) -> None:
     keys = [("product_s", s) for s in sorted(costs.product_s)]
     keys += [("gradient_s", s) for s in sorted(costs.gradient_s)]
     keys += [("evaluation_s", s) for s in sorted(costs.evaluation_s)]
+    keys += [("loss_s", s) for s in sorted(costs.loss_s)]
     values = [getattr(costs, a)[s] for a, s in keys]
     values += [costs.setup_s, costs.column_s or 0.0, costs.pass_s or 0.0]
     backend = dist.get_backend()
