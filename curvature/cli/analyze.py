@@ -48,7 +48,8 @@ _CONFIG_OPTIONS = (
     ("--random-radius", number, "half-width of random landscapes, in filter norms"),
     ("--sharpness-rho", number, "radius rho of the adaptive sharpness: weights move by "
                                 "(|w| + eta) * u with ||u||_2 <= rho (training split)"),
-    ("--sharpness-eta", nonnegative, "offset eta of the adaptive sharpness scale |w| + eta"),
+    ("--sharpness-eta", nonnegative, "offset eta of the adaptive sharpness scale |w| + eta "
+                                     "(default 0, as Andriushchenko et al. 2023; ASAM uses 0.01)"),
     ("--sharpness-steps", count, "gradient-ascent steps of the worst-case sharpness"),
     ("--sharpness-samples", count, "Gaussian draws of the average-case sharpness"),
 )
