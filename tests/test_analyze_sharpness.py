@@ -49,6 +49,13 @@ def test_analyze_equals_adaptive_sharpness_on_the_same_data_and_seed():
                                 eta=0.01, seed=3)
     assert one.value == pytest.approx(got["average"].value, rel=1e-9, abs=1e-13)
     assert a.splits["train"].top is None and a.splits["train"].trace is None
+    # a DataLoader over the same examples in the same batches: the same numbers
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(*whole), batch_size=20, shuffle=False)
+    d = analyze(model, loss, loader, metrics=("sharpness",), seed=3, sharpness_eta=0.01, **SMALL)
+    for kind in ("worst", "average"):
+        assert d.splits["train"].sharpness[kind].value == pytest.approx(got[kind].value,
+                                                                        rel=1e-12, abs=1e-15)
 
 
 def _regression(seed: int = 0):
