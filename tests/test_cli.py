@@ -478,5 +478,7 @@ def test_analyze_under_torchrun_gives_the_single_process_report(trained, analyse
         assert b["num_examples"] == a["num_examples"]
         for key in ("loss", "accuracy", "lambda_max", "lambda_min", "trace"):
             assert b[key] == pytest.approx(a[key], rel=1e-9, abs=1e-12), (split, key)
+    for key in ("sharpness_worst", "sharpness_average", "sharpness_average_stderr"):
+        assert two[key] == pytest.approx(one[key], rel=1e-9, abs=1e-12), key
     la, lb = (pd.read_csv(d / "landscape_2d.csv") for d in (analysed, out))
     assert lb["loss"].to_numpy() == pytest.approx(la["loss"].to_numpy(), rel=1e-9)

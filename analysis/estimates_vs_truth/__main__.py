@@ -17,10 +17,10 @@ from analysis.estimates_vs_truth.figures import (
     fig_bias,
     fig_calibrate,
     fig_corrected,
-    fig_full,
     fig_scalars,
     fig_vectors,
 )
+from analysis.estimates_vs_truth.full_figure import fig_full
 from analysis.estimates_vs_truth.report import write_report
 from analysis.estimates_vs_truth.runs import run_calibration, run_one
 from analysis.estimates_vs_truth.tables import (

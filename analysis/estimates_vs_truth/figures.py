@@ -142,32 +142,6 @@ def fig_corrected(hist: pd.DataFrame, wls: list[Workload], out: Path) -> str:
     return _save(fig, out, name)
 
 
-def fig_full(hist: pd.DataFrame, wls: list[Workload], out: Path) -> str:
-    fig, axes = plt.subplots(2, len(wls), figsize=(6.2 * len(wls), 7.6), squeeze=False)
-    for j, wl in enumerate(wls):
-        h = hist[hist["workload"] == wl.name]
-        for i, (o, g) in enumerate(h.groupby("optimizer", sort=False)):
-            style = dict(color=f"C{i % 10}", ls="-" if i < 10 else "--", marker="os^vDPXh*<>p"[i % 12],
-                         ms=3)
-            axes[0, j].plot(g.step, g.lambda_max_full, label=o, **style)
-            axes[1, j].plot(g.step, g.trace_full, label=o, **style)
-        axes[0, j].set_title(wl.label, fontsize=10)
-        axes[0, j].set_ylabel("lambda_max, probe set")
-        axes[1, j].set_ylabel("trace(H), probe set (Hutch++)")
-        for ax in axes[:, j]:
-            ax.set_yscale("log")
-            ax.set_xlabel("training step")
-            ax.grid(alpha=0.3, which="both")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=8, frameon=False)
-    fig.suptitle("Full-data curvature along every optimizer's trajectory (at the pre-step weights)",
-                 fontsize=11)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    name = "full_curvature.png"
-    return _save(fig, out, name)
-
-
-
 def fig_calibrate(cal: pd.DataFrame, wls: list[Workload], out: Path) -> str:
     """calibrate_learning_rate's ||v_k|| against the engine's lambda_max (same examples)."""
     fig, axes = plt.subplots(1, len(wls), figsize=(6.2 * len(wls), 4.0), squeeze=False)

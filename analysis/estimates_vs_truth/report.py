@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.estimates_vs_truth.config import Workload
+from analysis.estimates_vs_truth.full_figure import describe as describe_full
 from analysis.estimates_vs_truth.tables import table_value
 from analysis.harness.report import finish_report, markdown_table
 from analysis.harness.timing import Timer
@@ -245,9 +246,7 @@ def write_report(out: Path, hist: pd.DataFrame, table: pd.DataFrame, gaps: pd.Da
               "SGD and Adam have no internal estimate; their rows in `history.csv` carry the "
               "full-data `lambda_max_full` and `trace_full` only (taken at the pre-step weights "
               "too: the monitor snapshots them with an optimizer step pre-hook on probe steps "
-              "only). AcceleratedSAM and SA-SGD, whose step sizes grow as their own curvature "
-              "estimates shrink, end in regions two to three decades flatter than the others.",
-              ""]
+              "only). " + describe_full(hist, wls), ""]
 
     lines += ["## Tables", "",
               "Per optimizer and estimate: median and interquartile range (IQR) of the relative "

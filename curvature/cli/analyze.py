@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from curvature.cli.arguments import HelpFormatter, add_common, duration, json_object, metrics
+from curvature.cli.arguments import nonnegative_float as nonnegative
 from curvature.cli.arguments import positive_float as number
 from curvature.cli.arguments import positive_int as count
 from curvature.cli.environment import (
@@ -32,8 +33,8 @@ _ZOO = ("zoo models (--model NAME names the model of a bare state dict; --model-
 # (option, value type, help): each sets the AnalysisConfig field of its name, whose
 # default is the option's default
 _CONFIG_OPTIONS = (
-    ("--metrics", metrics, "comma-separated subset of eigenvalues,trace,density,landscape "
-                           "(default all)"),
+    ("--metrics", metrics, "comma-separated subset of eigenvalues,trace,density,landscape,"
+                           "sharpness (default all)"),
     ("--top-k", count, "eigenvalues at each end of the spectrum"),
     ("--tol", number, "Lanczos relative residual tolerance"),
     ("--max-matvecs", count, "Lanczos product budget per end of the spectrum "
@@ -45,6 +46,12 @@ _CONFIG_OPTIONS = (
     ("--landscape-grid", count, "points per side of each 2-D landscape"),
     ("--landscape-radius", number, "half-width of eigenvector landscapes, in parameter distance"),
     ("--random-radius", number, "half-width of random landscapes, in filter norms"),
+    ("--sharpness-rho", number, "radius rho of the adaptive sharpness: weights move by "
+                                "(|w| + eta) * u with ||u||_2 <= rho (training split)"),
+    ("--sharpness-eta", nonnegative, "offset eta of the adaptive sharpness scale |w| + eta "
+                                     "(default 0, as Andriushchenko et al. 2023; ASAM uses 0.01)"),
+    ("--sharpness-steps", count, "gradient-ascent steps of the worst-case sharpness"),
+    ("--sharpness-samples", count, "Gaussian draws of the average-case sharpness"),
 )
 
 
@@ -117,6 +124,10 @@ def _headline(s: dict[str, Any]) -> str:
             parts.append(f"{key} = " + fmt.format(s[key]))
     if "trace" in s:
         parts.append(f"trace = {s['trace']:.4g} ± {s['trace_stderr']:.2g}")
+    if "sharpness_worst" in s:
+        parts.append(f"adaptive sharpness worst >= {s['sharpness_worst']:.3g}, average = "
+                     f"{s['sharpness_average']:.3g} ± {s['sharpness_average_stderr']:.2g} "
+                     f"(rho {s['sharpness_rho']:g})")
     return ", ".join(parts)
 
 

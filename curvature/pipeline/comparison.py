@@ -91,6 +91,9 @@ def compare(
         for key in ("loss", "accuracy", "lambda_max", "lambda_min", "negative_ratio", "trace",
                     "trace_stderr", "grad_norm"):
             row[key] = sp.get(key)
+        sharp = sp.get("sharpness") or {}
+        for key in ("worst", "average", "average_stderr", "rho"):
+            row[f"sharpness_{key}"] = sharp.get(key)
         test = s["splits"].get("test") or {}
         for key in ("loss", "accuracy", "lambda_max", "trace"):
             row[f"test_{key}"] = test.get(key)
@@ -121,7 +124,9 @@ def compare(
 
 def _compare_report(table: pd.DataFrame, figs, title: str, split: str) -> str:
     cols = [("run", "run"), ("optimizer", "optimizer"), ("lambda_max", "λ_max"),
-            ("lambda_min", "λ_min"), ("trace", "trace"), ("loss", f"{split} loss"),
+            ("lambda_min", "λ_min"), ("trace", "trace"),
+            ("sharpness_worst", "adaptive sharpness, worst (lower bound)"),
+            ("sharpness_average", "adaptive sharpness, average"), ("loss", f"{split} loss"),
             ("accuracy", f"{split} accuracy"), ("test_loss", "test loss"),
             ("test_accuracy", "test accuracy")]
     cols = [(k, h) for k, h in cols if k in table and table[k].notna().any()]
@@ -133,9 +138,16 @@ def _compare_report(table: pd.DataFrame, figs, title: str, split: str) -> str:
             v = r[k]
             if k == "trace" and pd.notna(r.get("trace_stderr")):
                 cells.append(f"{v:.4g} ± {r['trace_stderr']:.2g}")
+            elif k == "sharpness_average" and pd.notna(r.get("sharpness_average_stderr")):
+                cells.append(f"{v:.4g} ± {r['sharpness_average_stderr']:.2g}")
             else:
                 cells.append(format_value(v.item() if hasattr(v, "item") else v))
         lines.append("| " + " | ".join(cells) + " |")
+    if "sharpness_rho" in table and table["sharpness_rho"].notna().any():
+        rhos = sorted(set(table["sharpness_rho"].dropna().astype(float)))
+        lines += ["", f"Adaptive sharpness at ρ = {rhos[0]:g} (training split)." if len(rhos) == 1
+                  else "Adaptive sharpness at different ρ (" + ", ".join(f"{r:g}" for r in rhos)
+                  + "): those columns are not comparable across runs."]
     if "lambda_max" in table and table["lambda_max"].notna().sum() >= 2:
         lm = table["lambda_max"].astype(float)
         lo, hi = int(lm.idxmin()), int(lm.idxmax())

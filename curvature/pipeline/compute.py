@@ -8,7 +8,11 @@ On the training data and optionally on test data it computes
 * the trace (Hutch++ with a standard error),
 * the spectral density (stochastic Lanczos quadrature),
 * the loss along the top eigenvectors and along filter-normalised random directions,
-  on lines (1-D) and planes (2-D) -- the landscape directions are chosen here.
+  on lines (1-D) and planes (2-D) -- the landscape directions are chosen here,
+* on the training data only, the adaptive worst-case and average-case sharpness
+  (:mod:`curvature.sharpness`) on the whole training split as given (the same batches
+  and batch-size weighted loss as the Hessian; batches are never concatenated, so dict
+  inputs of different sequence lengths work).
 
 Nothing is written: :func:`curvature.pipeline.write_analysis` turns the result into
 a folder.
@@ -229,6 +233,15 @@ def analyze(
                     evaluations += len(radius) ** 2
                     tick(len(radius) ** 2)
             spend(name, evaluations)
+        name = f"{split}/sharpness"
+        if name in plan and (s := start(name, f"{split}: adaptive sharpness")) is not None:
+            with _timed(res.timings, "sharpness"):
+                res.sharpness = _sharpness(ops[split].risk, config, s, tick)
+            used = sum(r.evaluations for r in res.sharpness.values()
+                       if not isinstance(r, str))
+            spend(name, used)
+            if "error" in res.sharpness:
+                log(f"{split}: adaptive sharpness: {res.sharpness['error']}")
         if "eigenvalues" not in want:
             res.top = res.bottom = None
     per_layer = None
@@ -303,7 +316,8 @@ def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, tim
                               per_layer_width=min(4, len(dims)) if dims else 0,
                               seed=config.seed, started=t_all,
                               gradient_s=timings.get("train_loss_gradient"),
-                              forward_s=timings.get("train_forward"))
+                              forward_s=timings.get("train_forward"),
+                              loss="sharpness" in config.metrics)
     return make_plan(config, costs, num_params=num_params, k=k, splits=tuple(ops),
                      block_dims=dims, probe_columns=default_block_size(ops["train"]),
                      budget_s=config.budget)
@@ -382,6 +396,26 @@ def _accuracy(model: nn.Module, batches: Any, device, dtype) -> float | None:
     except _NotClassification:
         return None
     return float(sums[0] / sums[1]) if sums[1] > 0 else None
+
+
+def _sharpness(risk, config: AnalysisConfig, settings: dict[str, int],
+               tick: Callable[[float], None]) -> dict[str, Any]:
+    """``{"worst": SharpnessResult, "average": SharpnessResult}`` on ``risk``'s data at
+    ``config.sharpness_rho``/``sharpness_eta`` with the planned ``steps``/``samples``, or
+    ``{"error": message}`` when a perturbed loss is non-finite (``rho`` too large)."""
+    from curvature.sharpness import risk_sharpness
+
+    out: dict[str, Any] = {}
+    for kind in ("worst", "average"):
+        try:
+            r = risk_sharpness(risk, rho=config.sharpness_rho, kind=kind,
+                               steps=settings["steps"], samples=settings["samples"],
+                               eta=config.sharpness_eta, seed=config.seed)
+        except ValueError as e:
+            return {"error": f"{kind} case: {e}"}
+        out[kind] = r
+        tick(r.evaluations)
+    return out
 
 
 def _directions(work, names, train: SplitAnalysis, config, filter_normalized):

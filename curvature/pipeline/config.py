@@ -17,7 +17,7 @@ from curvature.inputs import InputError
 
 __all__ = ["HVP_METHODS", "METRICS", "AnalysisConfig", "resolve_config"]
 
-METRICS = ("eigenvalues", "trace", "density", "landscape")
+METRICS = ("eigenvalues", "trace", "density", "landscape", "sharpness")
 """Names accepted by ``AnalysisConfig.metrics`` (``--metrics``)."""
 
 HVP_METHODS = ("exact", "fd", "fd-central")
@@ -41,6 +41,13 @@ class AnalysisConfig:
             distance (eigenvectors have unit norm).
         random_radius: half-width of random lines/planes, in units of the
             filter-normalised direction (1 = every filter moved by its own norm).
+        sharpness_rho: radius of the adaptive sharpness ball ``||u||_2 <= rho``, where the
+            weights move by ``(|w| + eta) * u`` (:mod:`curvature.sharpness`; both the
+            worst and the average case, training split only).
+        sharpness_eta: offset ``eta >= 0`` of the elementwise scale ``|w| + eta``.
+        sharpness_steps: projected gradient-ascent steps of the worst case (each a
+            gradient over the training data).
+        sharpness_samples: Gaussian draws of the average case (each a loss evaluation).
         seed: seeds every random choice (probes, start vectors, random directions).
         dtype: computation dtype (``None``: float64 on CPU, float32 elsewhere).
         device: where to compute (``None``: the model's device).
@@ -72,6 +79,10 @@ class AnalysisConfig:
     landscape_grid: int = 25
     landscape_radius: float = 1.0
     random_radius: float = 1.0
+    sharpness_rho: float = 0.05
+    sharpness_eta: float = 0.0
+    sharpness_steps: int = 10
+    sharpness_samples: int = 20
     seed: int = 0
     dtype: str | None = None
     device: str | None = None
@@ -85,13 +96,21 @@ class AnalysisConfig:
         if bad or not self.metrics:
             raise InputError(f"unknown metrics {bad}; choose from {', '.join(METRICS)}")
         for name in ("top_k", "trace_matvecs", "density_probes", "density_steps",
-                     "landscape_points", "landscape_grid"):
+                     "landscape_points", "landscape_grid", "sharpness_steps",
+                     "sharpness_samples"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
         if self.trace_matvecs < 4:
             raise InputError(f"trace_matvecs must be at least 4 (Hutch++), got {self.trace_matvecs}")
-        for name in ("landscape_radius", "random_radius", "tol"):
+        if self.sharpness_samples < 2:
+            raise InputError(f"sharpness_samples must be at least 2 (a standard error), "
+                             f"got {self.sharpness_samples}")
+        if not (isinstance(self.sharpness_eta, (int, float)) and self.sharpness_eta >= 0
+                and math.isfinite(self.sharpness_eta)):
+            raise InputError(f"sharpness_eta must be a finite number >= 0, got "
+                             f"{self.sharpness_eta!r}")
+        for name in ("landscape_radius", "random_radius", "tol", "sharpness_rho"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
                 raise InputError(f"{name} must be a positive number, got {v!r}")

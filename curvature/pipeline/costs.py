@@ -6,6 +6,8 @@ Every time is a wall-clock measurement on the actual model, data, dtype and devi
   one also fills caches, so it is not typical);
 * a gradient: a warm dataset gradient;
 * a landscape point: a short 1-D landscape, per point (points are vectorised);
+* a loss evaluation (adaptive sharpness): one pass of the training loss at a copy of
+  the parameters (:func:`curvature.sharpness.loss_at`);
 * the test split: one product (its first, an upper bound of a warm one); its gradient
   and landscape point scaled from the training split's by the ratio of product times;
 * a per-layer column: from a warm 1-column and a warm ``w``-column product
@@ -106,6 +108,7 @@ def measure_costs(
     started: float | None = None,
     gradient_s: float | None = None,
     forward_s: float | None = None,
+    loss: bool = False,
 ) -> Costs:
     """:class:`Costs` of the splits' operators ``ops`` (``{"train": op, ...}``).
 
@@ -117,7 +120,8 @@ def measure_costs(
     ``started``: ``time.perf_counter()`` at the start of the analysis (for ``setup_s``);
     ``gradient_s``, ``forward_s``: seconds the analysis spent on the training split's
     first gradient and on a forward pass over it, used instead of new measurements when
-    a product takes over :data:`WIDE_MEASURE_LIMIT_S` (module docstring).
+    a product takes over :data:`WIDE_MEASURE_LIMIT_S` (module docstring);
+    ``loss``: also time a plain loss evaluation of the training split (``loss_s``).
     """
     costs = Costs()
     train = ops["train"]
@@ -130,6 +134,12 @@ def measure_costs(
     if evaluate is not None:
         expensive_point = expensive and forward_s is not None
         costs.evaluation_s["train"] = forward_s if expensive_point else evaluate()
+    if loss:
+        from curvature.sharpness import loss_at
+
+        w = train.risk.w0.clone()
+        costs.loss_s["train"] = (forward_s if expensive and forward_s is not None else
+                                 _median_time(lambda: loss_at(train.risk, w), train.device))
     for split, op in ops.items():
         if split != "train":
             # one product, not repeated: a first product is at least as slow as a warm
@@ -169,6 +179,7 @@ def _slowest_rank(costs: Costs) -> None:
     keys = [("product_s", s) for s in sorted(costs.product_s)]
     keys += [("gradient_s", s) for s in sorted(costs.gradient_s)]
     keys += [("evaluation_s", s) for s in sorted(costs.evaluation_s)]
+    keys += [("loss_s", s) for s in sorted(costs.loss_s)]
     values = [getattr(costs, a)[s] for a, s in keys]
     values += [costs.setup_s, costs.column_s or 0.0, costs.pass_s or 0.0]
     backend = dist.get_backend()

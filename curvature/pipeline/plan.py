@@ -2,13 +2,15 @@
 
 :func:`measure_costs` times what the analysis is made of on the actual model and data
 (a warm Hessian product per split -- the second one, after the first has chosen the
-product path and filled caches --, a gradient, a loss evaluation of the landscapes,
-and for per-layer spectra the extra cost of a column in a multi-column product).
+product path and filled caches --, a gradient, a loss evaluation of the landscapes, a
+plain loss evaluation for the adaptive sharpness, and for per-layer spectra the extra cost of a column in a multi-column product).
 :func:`make_plan` then shares a wall-time budget across the requested metrics:
 
 * every metric has a *cap*, the work its settings in :class:`AnalysisConfig` ask for
   (Lanczos: ``max_matvecs`` per end, Hutch++: ``trace_matvecs``, SLQ: probes x steps,
-  landscapes: their points, per-layer: steps and probes per block); the budget never
+  landscapes: their points, sharpness: ``sharpness_steps`` gradients and
+  ``sharpness_samples`` + 3 loss evaluations, per-layer: steps and probes per block); the
+  budget never
   raises a setting, it only lowers it;
 * the default budget (``budget=None``) is the time of every cap -- so a small model,
   whose products are cheap, runs exactly its settings -- but at most
@@ -17,7 +19,7 @@ and for per-layer spectra the extra cost of a column in a multi-column product).
   half weight) with water-filling: a metric whose cap is below its share takes its cap
   and the rest is shared again; while a metric's share is below its least useful size
   (Lanczos ``max(2k, 10)`` products, Hutch++ 4, SLQ 10 steps, a 5 x 5 landscape grid,
-  3 per-layer steps), a metric gets nothing and is reported as ``skipped: budget``: the
+  :data:`SHARPNESS_LEAST` ascent steps and draws, 3 per-layer steps), a metric gets nothing and is reported as ``skipped: budget``: the
   test split's metrics first (least weighted first), then the failing metric itself;
 * while the analysis runs, the products a metric did not spend (Lanczos stops when it
   has converged) pass on to the metrics after it (:meth:`Plan.grant`), up to their caps.
@@ -36,10 +38,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from curvature.inputs import InputError
+from curvature.pipeline.sizers import (
+    SHARPNESS_LEAST,
+    density_sizer,
+    landscape_sizer,
+    per_layer_sizer,
+    products_sizer,
+    sharpness_sizer,
+)
 
 __all__ = [
     "DEFAULT_BUDGET_S",
     "PER_LAYER_FACTOR",
+    "SHARPNESS_LEAST",
     "WEIGHTS",
     "Costs",
     "Item",
@@ -60,6 +71,7 @@ WEIGHTS = {
     "trace": 1.0,
     "density": 2.0,
     "landscape": 1.0,
+    "sharpness": 0.5,
     "per_layer": 8.0,
 }
 """Shares of a short budget (training split; the test split's metrics weigh half)."""
@@ -97,7 +109,10 @@ class Costs:
     Attributes:
         product_s: one warm Hessian product (one column) per split.
         gradient_s: one dataset gradient per split.
-        evaluation_s: one landscape point (a loss evaluation over the split's data).
+        evaluation_s: one landscape point (a loss evaluation over the split's data,
+            vectorised over the points of a line).
+        loss_s: one plain loss evaluation over the split's data (adaptive sharpness;
+            when not measured, planned as a gradient, an upper bound).
         column_s, pass_s: per-layer products on the training split, ``pass_s +
             columns * column_s`` seconds per multi-column product (from a warm
             1-column and a warm ``w``-column product; ``None`` when not measured).
@@ -107,6 +122,7 @@ class Costs:
     product_s: dict[str, float] = field(default_factory=dict)
     gradient_s: dict[str, float] = field(default_factory=dict)
     evaluation_s: dict[str, float] = field(default_factory=dict)
+    loss_s: dict[str, float] = field(default_factory=dict)
     column_s: float | None = None
     pass_s: float | None = None
     setup_s: float = 0.0
@@ -191,10 +207,10 @@ class Plan:
         return amount * unit_s / self.costs.product_s["train"]
 
     def _unit_seconds(self, item: Item) -> float:
+        if item.metric in ("per_layer", "sharpness"):  # units of unequal cost: their mean
+            return item.seconds / item.planned if item.planned else 0.0
         if item.unit == "evaluations":
             return self.costs.evaluation_s.get(item.split, 0.0)
-        if item.metric == "per_layer":
-            return item.seconds / item.planned if item.planned else 0.0
         return self.costs.product_s[item.split]
 
     def grant(self, name: str, elapsed: float | None = None) -> Item:
@@ -326,29 +342,35 @@ def make_plan(
             cap = config.max_matvecs or max(1000, 100 * k)
             for which in ("largest", "smallest"):
                 add(split, f"eigenvalues_{which}", "products", {"max_matvecs": cap},
-                    _products_sizer("max_matvecs", cap, max(2 * k, 10), p))
+                    products_sizer("max_matvecs", cap, max(2 * k, 10), p))
         if "trace" in want:
             add(split, "trace", "products", {"num_matvecs": config.trace_matvecs},
-                _products_sizer("num_matvecs", config.trace_matvecs, 4, p))
+                products_sizer("num_matvecs", config.trace_matvecs, 4, p))
         if "density" in want:
             steps = min(config.density_steps, num_params)
             add(split, "density", "products",
                 {"num_probes": config.density_probes, "num_steps": steps},
-                _density_sizer(config.density_probes, steps, p))
+                density_sizer(config.density_probes, steps, p))
         if "landscape" in want:
             # directions: random always; v_max (and a plane if k >= 2) and v_min when the
             # training split's eigenvectors are computed
             add(split, "landscape", "evaluations",
                 {"points": config.landscape_points, "grid": config.landscape_grid},
-                _landscape_sizer(config.landscape_points, config.landscape_grid,
+                landscape_sizer(config.landscape_points, config.landscape_grid,
                                  3, 2 if k >= 2 else 1, costs.evaluation_s.get(split, 0.0)))
+    if "sharpness" in want:  # the training split only
+        grad_s = costs.gradient_s.get("train", costs.product_s["train"])
+        loss_s = costs.loss_s.get("train", grad_s)
+        add("train", "sharpness", "evaluations",
+            {"steps": config.sharpness_steps, "samples": config.sharpness_samples},
+            sharpness_sizer(config.sharpness_steps, config.sharpness_samples, grad_s, loss_s))
     if block_dims:
         steps0 = config.max_matvecs or 300
         dens = (config.density_probes, config.density_steps) if "density" in want else (0, 0)
         add("train", "per_layer", "columns",
             {"max_steps": steps0, "trace_matvecs": config.trace_matvecs,
              "density_probes": dens[0], "density_steps": dens[1]},
-            _per_layer_sizer(block_dims, steps0, config.trace_matvecs, *dens,
+            per_layer_sizer(block_dims, steps0, config.trace_matvecs, *dens,
                              costs.column_s or costs.product_s["train"], costs.pass_s or 0.0,
                              probe_columns))
 
@@ -403,94 +425,3 @@ def _water_fill(items: list[Item], total: float) -> dict[str, float]:
             left -= it.cap_s
             open_.remove(it)
     return shares
-
-
-# Each sizer maps seconds -> (settings or None if too few to run, units, seconds used).
-
-
-def _products_sizer(key: str, cap: int, least: int, unit_s: float):
-    def size(seconds: float) -> tuple[dict | None, int, float]:
-        units = cap if seconds >= cap * unit_s else int(seconds / unit_s)
-        if units < least:
-            return None, 0, 0.0
-        return {key: units}, units, units * unit_s
-    return size
-
-
-def _density_sizer(probes: int, steps: int, unit_s: float, least_steps: int = 10):
-    def size(seconds: float) -> tuple[dict | None, int, float]:
-        units = probes * steps if seconds >= probes * steps * unit_s else int(seconds / unit_s)
-        p = probes
-        m = min(steps, units // p)
-        if m < min(least_steps, steps):  # fewer probes before steps below the least
-            p = max(1, units // min(least_steps, steps))
-            m = min(steps, units // p)
-        if m < min(least_steps, steps) or p < 1:
-            return None, 0, 0.0
-        return {"num_probes": p, "num_steps": m}, p * m, p * m * unit_s
-    return size
-
-
-def _odd(x: float, least: int) -> int:
-    return max(least, int(x) | 1)
-
-
-def _landscape_sizer(points: int, grid: int, lines: int, planes: int, eval_s: float):
-    P0, G0 = _odd(points, 3), _odd(grid, 3)
-
-    def evaluations(P: int, G: int) -> int:
-        return lines * P + planes * G * G
-
-    def size(seconds: float) -> tuple[dict | None, int, float]:
-        if eval_s <= 0 or seconds >= evaluations(P0, G0) * eval_s:
-            return {"points": P0, "grid": G0}, evaluations(P0, G0), evaluations(P0, G0) * eval_s
-        lo, hi = 0.0, 1.0  # largest common shrink factor that fits
-        for _ in range(30):
-            f = (lo + hi) / 2
-            if evaluations(min(P0, _odd(P0 * f, 5)), min(G0, _odd(G0 * f, 5))) * eval_s <= seconds:
-                lo = f
-            else:
-                hi = f
-        P, G = min(P0, _odd(P0 * lo, 5)), min(G0, _odd(G0 * lo, 5))
-        if evaluations(P, G) * eval_s > seconds:
-            return None, 0, 0.0
-        return {"points": P, "grid": G}, evaluations(P, G), evaluations(P, G) * eval_s
-    return size
-
-
-def _per_layer_sizer(dims: list[int], steps0: int, trace0: int, probes: int, dsteps0: int,
-                     column_s: float, pass_s: float, probe_columns: int):
-    B = len(dims)
-
-    def cost(steps: int, tp: int, ds: int) -> tuple[int, float]:
-        eig = sum(min(steps, d) for d in dims)
-        slq = sum(probes * min(ds, d) for d in dims)
-        columns = eig + slq + B * tp
-        longest = max(min(steps, max(dims)), min(ds, max(dims)) if probes else 0)
-        if B >= probe_columns:  # the Lanczos columns fill a product; probes come after
-            passes = longest + math.ceil(B * tp / max(probe_columns, 1))
-        else:
-            passes = max(longest, math.ceil(columns / max(probe_columns, 1)))
-        return columns, passes * pass_s + columns * column_s
-
-    def settings(f: float) -> tuple[int, int, int]:
-        steps = min(steps0, max(3, round(steps0 * f)))
-        tp = min(trace0, max(2, round(trace0 * f))) if trace0 else 0
-        ds = min(dsteps0, max(5, round(dsteps0 * f))) if probes else 0
-        return steps, tp, ds
-
-    def size(seconds: float) -> tuple[dict | None, int, float]:
-        lo, hi = 0.0, 1.0
-        if cost(*settings(1.0))[1] <= seconds:
-            lo = 1.0
-        else:
-            for _ in range(30):
-                f = (lo + hi) / 2
-                lo, hi = (f, hi) if cost(*settings(f))[1] <= seconds else (lo, f)
-        steps, tp, ds = settings(lo)
-        columns, secs = cost(steps, tp, ds)
-        if secs > seconds:
-            return None, 0, 0.0
-        return ({"max_steps": steps, "trace_matvecs": tp, "density_steps": ds,
-                 "density_probes": probes}, columns, secs)
-    return size

@@ -35,6 +35,9 @@ class SplitAnalysis:
         trace: :class:`curvature.results.TraceResult` or ``None``.
         density: :class:`curvature.results.SpectralDensity` or ``None``.
         lines, planes: 1-D and 2-D :class:`curvature.landscape.Landscape` by name.
+        sharpness: ``{"worst": SharpnessResult, "average": SharpnessResult}``
+            (:mod:`curvature.sharpness`; training split only), ``{"error": message}``
+            when a perturbed loss was non-finite, or ``None`` if not computed.
         timings: seconds per quantity.
         warnings: convergence and other warnings raised while computing.
     """
@@ -51,6 +54,7 @@ class SplitAnalysis:
     lines: dict[str, Any] = field(default_factory=dict)
     planes: dict[str, Any] = field(default_factory=dict)
     quadratic: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    sharpness: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     num_matvecs: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -86,6 +90,8 @@ class SplitAnalysis:
             out["density_lambda_max"] = self.density.lambda_max
         for name, land in self.lines.items():
             out[f"landscape_{name}_max_loss"] = float(land.loss.max())
+        if self.sharpness is not None:
+            out["sharpness"] = _sharpness_scalars(self.sharpness)
         out["converged"] = {
             k: v for k, v in (("largest", out.get("converged_largest")),
                               ("smallest", out.get("converged_smallest"))) if v is not None
@@ -135,6 +141,10 @@ class Analysis:
             for key in ("lambda_max", "lambda_min", "trace", "trace_stderr", "loss", "accuracy"):
                 if key in test:
                     out[f"test_{key}"] = test[key]
+        sharp = train.get("sharpness") or {}
+        for key in ("worst", "average", "average_stderr", "rho", "eta"):
+            if key in sharp:
+                out[f"sharpness_{key}"] = sharp[key]
         out["num_matvecs_total"] = sum(
             sum(s.num_matvecs.values()) for s in self.splits.values()
         )
@@ -156,7 +166,23 @@ _SETTINGS = {
     "trace": ("trace_matvecs",),
     "density": ("density_probes", "density_steps"),
     "landscape": ("landscape_points", "landscape_grid", "landscape_radius", "random_radius"),
+    "sharpness": ("sharpness_rho", "sharpness_eta", "sharpness_steps", "sharpness_samples"),
 }
+
+
+def _sharpness_scalars(results: dict[str, Any]) -> dict[str, Any]:
+    """The adaptive sharpness as JSON: values in loss units, the worst case flagged as a
+    lower bound of the maximum, the average case with its standard error."""
+    if "error" in results:
+        return {"error": results["error"]}
+    worst, avg = results["worst"], results["average"]
+    return {
+        "rho": worst.rho, "eta": worst.eta, "base_loss": worst.base_loss,
+        "worst": worst.value, "worst_steps": worst.steps,
+        "worst_note": "lower bound of the maximum (projected gradient ascent)",
+        "average": avg.value, "average_stderr": avg.stderr, "average_samples": avg.steps,
+        "evaluations": worst.evaluations + avg.evaluations,
+    }
 
 
 def _ran_settings(config: AnalysisConfig, per_layer: bool) -> dict[str, Any]:

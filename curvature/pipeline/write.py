@@ -140,7 +140,8 @@ def _converged_count(analysis: Analysis, split: str, which: str) -> str:
 
 
 _METRIC_OF = {"lambda_max": "eigenvalues_largest", "lambda_min": "eigenvalues_smallest",
-              "trace": "trace"}
+              "trace": "trace", "sharpness_worst": "sharpness",
+              "sharpness_average": "sharpness"}
 
 
 def _skipped(plan: Any, split: str, metric: str | None) -> bool:
@@ -183,6 +184,17 @@ def _settings_text(analysis: Analysis, summary: dict[str, Any]) -> str:
     if any(a.lines or a.planes for a in splits):
         out.append(f"Landscapes: {_used_settings(analysis, 'landscape') or 'as configured'} "
                    f"(points per line, points per side of a plane).")
+    sharp = [(s, a.sharpness) for s, a in analysis.splits.items()
+             if a.sharpness is not None and "error" not in a.sharpness]
+    for s, r in sharp:
+        w, m = r["worst"], r["average"]
+        out.append(
+            f"Adaptive sharpness (Kwon et al. 2021; Andriushchenko et al. 2023) on the {s} "
+            f"split: the loss increase above L(w) = {w.base_loss:.4g} when the weights move by "
+            f"(|w| + η) ⊙ u, ρ = {w.rho:g}, η = {w.eta:g}; worst case over ‖u‖₂ ≤ ρ from "
+            f"{w.steps} steps of projected normalised gradient ascent, a lower bound of the "
+            f"maximum (never above it); average case over u ~ N(0, ρ² I) from {m.steps} "
+            "Gaussian draws, ± one standard error.")
     out.append(f"Seed {cfg.seed}. Products per quantity: "
                f"`{json.dumps(summary.get('num_matvecs', {}))}`.")
     return " ".join(out)
@@ -207,6 +219,8 @@ def _budget_section(analysis: Analysis) -> list[str]:
                                      ("trace", "as a larger standard error (Hutch++)"),
                                      ("density", "as fewer steps (SLQ)"),
                                      ("landscape", "as fewer points (landscapes)"),
+                                     ("sharpness", "as fewer ascent steps and draws "
+                                                   "(sharpness)"),
                                      ("per", "as blocks not converged (per-layer)"))
              if metric in metrics]
     text += (" A cut by the budget shows " + ", ".join(shows) + "; a metric too short to "
@@ -253,15 +267,21 @@ def _report(analysis: Analysis, summary: dict[str, Any], figures, tables, title:
         ("λ_min (Lanczos)", "lambda_min", "lambda_min_converged"),
         ("\\|λ_min\\| / λ_max", "negative_ratio", ""),
         ("trace (Hutch++)", "trace", ""),
+        ("adaptive sharpness, worst case (lower bound)", "sharpness_worst", ""),
+        ("adaptive sharpness, average case", "sharpness_average", ""),
     ]
-    per = {s: summary["splits"][s] for s in names}
+    per = {s: {**summary["splits"][s], **{f"sharpness_{k}": v for k, v in
+                                          (summary["splits"][s].get("sharpness") or {}).items()}}
+           for s in names}
     plan = analysis.plan
     lines.append("| quantity | " + " | ".join(names) + " |")
     lines.append("| --- |" + " --- |" * len(names))
     for label, key, conv in rows:
         metric = _METRIC_OF.get(key)
         skipped = {s for s in names if key not in per[s] and _skipped(plan, s, metric)}
-        if not skipped and not any(key in per[s] for s in names):
+        if not skipped and not any(key in per[s] or (key.startswith("sharpness_") and
+                                                     "sharpness_error" in per[s])
+                                   for s in names):
             continue
         cells = []
         for s in names:
@@ -269,6 +289,10 @@ def _report(analysis: Analysis, summary: dict[str, Any], figures, tables, title:
             cell = "skipped: budget" if s in skipped else format_value(v)
             if key == "trace" and v is not None:
                 cell = f"{v:.4g} ± {per[s]['trace_stderr']:.2g}"
+            if key == "sharpness_average" and v is not None:
+                cell = f"{v:.4g} ± {per[s]['sharpness_average_stderr']:.2g}"
+            if key.startswith("sharpness_") and "sharpness_error" in per[s]:
+                cell = "failed (below)"
             if conv and per[s].get(conv) is False:
                 cell += " (not converged)"
             cells.append(cell)
@@ -282,6 +306,8 @@ def _report(analysis: Analysis, summary: dict[str, Any], figures, tables, title:
         if ends:
             res = [r for w in ("largest", "smallest") for r in sc.get(f"residuals_{w}", [])]
             lines.append(f"- {s}: " + "; ".join(ends) + f" (max residual {max(res):.2g})")
+        if "sharpness_error" in sc:
+            lines.append(f"- {s}: adaptive sharpness failed: {sc['sharpness_error']}")
         if sc.get("warnings"):
             lines.append(f"- {s}: warnings: " + "; ".join(sc["warnings"]))
     lines += ["", _settings_text(analysis, summary), ""]
