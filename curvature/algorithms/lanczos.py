@@ -103,7 +103,7 @@ import torch
 from tqdm.auto import tqdm
 
 from curvature import checks
-from curvature.algorithms.probes import gaussian, make_generator
+from curvature.algorithms.probes import gaussian, make_generator, start_block
 from curvature.algorithms.ritz import residual_limit, wanted_order
 from curvature.errors import NonFiniteProductError
 from curvature.operators import CurvatureOperator
@@ -178,6 +178,7 @@ def lanczos(
     generator: torch.Generator | None = None,
     progress: bool = False,
     callback: Callable[[int, np.ndarray], None] | None = None,
+    v0: torch.Tensor | None = None,
 ) -> EigenResult:
     """``k`` extreme eigenpairs of ``op`` by block thick-restart Lanczos (module docstring).
 
@@ -189,6 +190,8 @@ def lanczos(
     columns; the basis holds ``basis_size + b``. ``generator`` draws the start blocks
     (fresh entropy when ``None``). ``callback(num_matvecs, ritz_values)`` is called after
     every block product with the ``k`` currently wanted Ritz values (most wanted first).
+    ``v0``: a guess of the wanted eigenvectors (``Tensor[n]`` or ``Tensor[n, j]``, nonzero
+    columns), added to the first start columns (:func:`~curvature.algorithms.probes.start_block`).
 
     Returns an :class:`~curvature.EigenResult` (``method="lanczos"``); a run that stops
     early warns with a :class:`~curvature.ConvergenceWarning` and says why in ``message``.
@@ -221,7 +224,7 @@ def lanczos(
     Q = torch.empty(n, m + b_max, dtype=dtype, device=device)
     T = np.zeros((m + b_max, m + b_max))
     C = np.zeros((b_max, m + b_max))  # coupling of the unexpanded block to expanded columns
-    Q[:, :b] = torch.linalg.qr(gaussian(n, b, gen, dtype, device)).Q
+    Q[:, :b] = torch.linalg.qr(start_block(n, b, gen, dtype, device, v0)).Q
     e, u = 0, b  # expanded columns Q[:, :e], unexpanded block Q[:, e:e+u]
     G = torch.zeros(0, 0, dtype=dtype, device=device)  # see U_next below
     region = 0  # first column of the region started after the last invariant subspace

@@ -171,10 +171,13 @@ def analyze(
                                                   "eigenvalues")) is None:
                     continue
                 before = op.num_matvecs
+                # the gradient lies mostly in the top eigenspace: a start guess for the
+                # largest end (curvature.algorithms.probes.start_block)
+                guess = g if which == "largest" and _usable_guess(g) else None
                 with _timed(res.timings, f"eigenvalues_{which}"):
                     r = eigenvalues(op, k, which=which, tol=config.tol,
                                     max_matvecs=s["max_matvecs"], seed=config.seed,
-                                    basis_size=mem["lanczos_basis_size"])
+                                    basis_size=mem["lanczos_basis_size"], v0=guess)
                 setattr(res, attr, r)
                 res.num_matvecs[f"eigenvalues_{which}"] = op.num_matvecs - before
                 spend(name, op.num_matvecs - before)
@@ -321,6 +324,12 @@ def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, tim
     return make_plan(config, costs, num_params=num_params, k=k, splits=tuple(ops),
                      block_dims=dims, probe_columns=default_block_size(ops["train"]),
                      budget_s=config.budget)
+
+
+def _usable_guess(g: Tensor) -> bool:
+    """A gradient that can seed Lanczos: finite and not zero."""
+    norm = float(torch.linalg.vector_norm(g.double()))
+    return norm > 0 and norm < float("inf")
 
 
 def _own_warnings(caught: list[warnings.WarningMessage]) -> list[str]:

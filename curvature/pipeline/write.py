@@ -171,7 +171,8 @@ def _settings_text(analysis: Analysis, summary: dict[str, Any]) -> str:
             f"{which} end: {text}" for which in ("largest", "smallest")
             if (text := _used_settings(analysis, f"eigenvalues_{which}")))
         out.append(f"Lanczos: k = {cfg.top_k} at each end, relative residual tolerance "
-                   f"{cfg.tol:g}" + (f", products allowed ({limits})" if limits else "") + ".")
+                   f"{cfg.tol:g}" + (f", products allowed ({limits})" if limits else "")
+                   + "; the largest end starts from the loss gradient plus a random vector.")
     if any(a.trace is not None for a in splits):
         n = ", ".join(f"{s} {a.trace.num_matvecs}" for s, a in analysis.splits.items()
                       if a.trace is not None)
