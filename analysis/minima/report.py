@@ -217,9 +217,9 @@ def _body(df, lrs, comp, corr, rows, summary, figs, forest, scatter, wls, quick)
         "AdaHessian'. AdaHessian reaches the equal-loss target in fewer steps than the "
         "SGD-based methods (see `steps`), so at equal loss it has also trained for less. "
         "The adaptive worst-case sharpness is a lower bound from a few ascent steps. "
-        "`curvature.pipeline.analyze` does not compute adaptive sharpness yet (its planner "
-        "belongs to another change); this report calls `curvature.adaptive_sharpness` "
-        "directly. The previous round's spectral densities and 1-D/2-D landscapes are not "
+        "This report calls `curvature.adaptive_sharpness` on each run's training batch; "
+        "`curvature analyze` computes the same quantity as its `sharpness` metric. "
+        "The previous round's spectral densities and 1-D/2-D landscapes are not "
         "rerun.",
         "",
         "## Learning-rate selection", "",
