@@ -117,7 +117,8 @@ def test_plan_keeps_every_setting_when_affordable_and_shares_a_short_budget():
             assert all(it.name in skipped for it in plan.items if it.split == "test"), budget
         assert "train/eigenvalues_largest" not in skipped or budget < 0.1
 
-    tiny = make_plan(config, costs, num_params=1000, k=5, splits=("train",), budget_s=0.05)
+    # 4 products: fewer than lambda_max alone needs (5)
+    tiny = make_plan(config, costs, num_params=1000, k=5, splits=("train",), budget_s=0.04)
     assert all(it.status == "skipped: budget" and it.planned == 0 for it in tiny.items)
     assert "skipped for the budget" in tiny.line()
 
@@ -346,3 +347,23 @@ def test_slow_products_reuse_the_analysis_gradient_and_forward_times(problem, mo
                                       gradient_s=7.0, forward_s=3.0)
     assert timed == ["g", "point"]
     assert fast.gradient_s["train"] == 0.5 and fast.evaluation_s["train"] == 0.25
+
+
+def test_a_budget_too_short_for_k_eigenvalues_computes_lambda_max_alone(problem, spectrum,
+                                                                        monkeypatch):
+    """Below ``max(2k, 10)`` products the largest end runs with ``top_k`` 1 (at least 5
+    products) instead of being skipped; the report says so, and a converged lambda_max is
+    the dense Hessian's."""
+    model, loss, train, _ = problem
+    fixed_costs(monkeypatch, product_s=1.0)
+    a = analyze(model, loss, train, budget=8, metrics=("eigenvalues",), top_k=5, tol=1e-3)
+    item = a.plan["train/eigenvalues_largest"]
+    assert item.settings["top_k"] == 1 and 5 <= item.settings["max_matvecs"] < 10
+    assert a.plan["train/eigenvalues_smallest"].status == "skipped: budget"
+    top = a.splits["train"].top
+    assert top.values.numel() == 1 and top.num_matvecs <= item.settings["max_matvecs"]
+    if top.converged:
+        assert abs(float(top.values[0]) - float(spectrum[-1])) <= float(top.residuals[0]) + 1e-10
+    enough = make_plan(AnalysisConfig(top_k=5), a.plan.costs, num_params=1000, k=5,
+                       splits=("train",), budget_s=100)
+    assert "top_k" not in enough["train/eigenvalues_largest"].settings

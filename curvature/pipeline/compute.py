@@ -175,7 +175,7 @@ def analyze(
                 # largest end (curvature.algorithms.probes.start_block)
                 guess = g if which == "largest" and _usable_guess(g) else None
                 with _timed(res.timings, f"eigenvalues_{which}"):
-                    r = eigenvalues(op, k, which=which, tol=config.tol,
+                    r = eigenvalues(op, s.get("top_k", k), which=which, tol=config.tol,
                                     max_matvecs=s["max_matvecs"], seed=config.seed,
                                     basis_size=mem["lanczos_basis_size"], v0=guess)
                 setattr(res, attr, r)

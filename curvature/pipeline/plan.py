@@ -18,7 +18,8 @@ plain loss evaluation for the adaptive sharpness, and for per-layer spectra the 
 * a budget below the caps' time is shared by weight (:data:`WEIGHTS`; the test split at
   half weight) with water-filling: a metric whose cap is below its share takes its cap
   and the rest is shared again; while a metric's share is below its least useful size
-  (Lanczos ``max(2k, 10)`` products, Hutch++ 4, SLQ 10 steps, a 5 x 5 landscape grid,
+  (Lanczos ``max(2k, 10)`` products -- at the largest end, below that, 5 products for
+  lambda_max alone, ``top_k`` lowered to 1 --, Hutch++ 4, SLQ 10 steps, a 5 x 5 landscape grid,
   :data:`SHARPNESS_LEAST` ascent steps and draws, 3 per-layer steps), a metric gets nothing and is reported as ``skipped: budget``: the
   test split's metrics first (least weighted first), then the failing metric itself;
 * while the analysis runs, the products a metric did not spend (Lanczos stops when it
@@ -42,6 +43,7 @@ from curvature.pipeline.sizers import (
     SHARPNESS_LEAST,
     density_sizer,
     landscape_sizer,
+    largest_end_sizer,
     per_layer_sizer,
     products_sizer,
     sharpness_sizer,
@@ -340,9 +342,10 @@ def make_plan(
         p = costs.product_s[split]
         if "eigenvalues" in want or ("landscape" in want and split == "train"):
             cap = config.max_matvecs or max(1000, 100 * k)
-            for which in ("largest", "smallest"):
-                add(split, f"eigenvalues_{which}", "products", {"max_matvecs": cap},
-                    products_sizer("max_matvecs", cap, max(2 * k, 10), p))
+            add(split, "eigenvalues_largest", "products", {"max_matvecs": cap},
+                largest_end_sizer(cap, k, p))
+            add(split, "eigenvalues_smallest", "products", {"max_matvecs": cap},
+                products_sizer("max_matvecs", cap, max(2 * k, 10), p))
         if "trace" in want:
             add(split, "trace", "products", {"num_matvecs": config.trace_matvecs},
                 products_sizer("num_matvecs", config.trace_matvecs, 4, p))

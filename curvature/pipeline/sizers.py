@@ -33,6 +33,30 @@ def products_sizer(key: str, cap: int, least: int, unit_s: float):
     return size
 
 
+TOP_ONE_LEAST = 5
+"""Least useful products of the largest end with ``k`` lowered to 1 (a Lanczos run
+started from the gradient: on an 11M-parameter ResNet-18 it reached a relative residual
+of 1.2e-2 after 5 products)."""
+
+
+def largest_end_sizer(cap: int, k: int, unit_s: float):
+    """Products of the largest end: ``max(2k, 10)`` or more with ``k`` eigenvalues, else
+    :data:`TOP_ONE_LEAST` or more with ``top_k`` lowered to 1 (lambda_max alone), else
+    none."""
+    full = products_sizer("max_matvecs", cap, max(2 * k, 10), unit_s)
+    one = products_sizer("max_matvecs", cap, TOP_ONE_LEAST, unit_s)
+
+    def size(seconds: float) -> tuple[dict | None, int, float]:
+        settings, units, used = full(seconds)
+        if settings is not None:
+            return settings, units, used
+        settings, units, used = one(seconds)
+        if settings is not None and k > 1:
+            settings = {**settings, "top_k": 1}
+        return settings, units, used
+    return size
+
+
 def density_sizer(probes: int, steps: int, unit_s: float, least_steps: int = 10):
     def size(seconds: float) -> tuple[dict | None, int, float]:
         units = probes * steps if seconds >= probes * steps * unit_s else int(seconds / unit_s)
