@@ -117,8 +117,8 @@ def test_plan_keeps_every_setting_when_affordable_and_shares_a_short_budget():
             assert all(it.name in skipped for it in plan.items if it.split == "test"), budget
         assert "train/eigenvalues_largest" not in skipped or budget < 0.1
 
-    # 4 products: fewer than lambda_max alone needs (5)
-    tiny = make_plan(config, costs, num_params=1000, k=5, splits=("train",), budget_s=0.04)
+    # 3 products: fewer than lambda_max alone (5) or Hutch++ (4) needs
+    tiny = make_plan(config, costs, num_params=1000, k=5, splits=("train",), budget_s=0.03)
     assert all(it.status == "skipped: budget" and it.planned == 0 for it in tiny.items)
     assert "skipped for the budget" in tiny.line()
 
@@ -367,3 +367,16 @@ def test_a_budget_too_short_for_k_eigenvalues_computes_lambda_max_alone(problem,
     enough = make_plan(AnalysisConfig(top_k=5), a.plan.costs, num_params=1000, k=5,
                        splits=("train",), budget_s=100)
     assert "top_k" not in enough["train/eigenvalues_largest"].settings
+
+
+def test_a_metric_that_cannot_run_on_the_whole_budget_takes_nothing_from_the_others():
+    """Per-layer spectra that need more than the whole budget (a heavy weight) must not
+    push lambda_max out: they are skipped first, and lambda_max gets the time."""
+    config = AnalysisConfig(per_layer=True)
+    costs = Costs(product_s={"train": 27.0}, gradient_s={"train": 11.0},
+                  evaluation_s={"train": 3.0}, column_s=27.0, pass_s=0.0)
+    plan = make_plan(config, costs, num_params=11_000_000, k=5, splits=("train",),
+                     block_dims=[1_000_000] * 7, budget_s=232.0)
+    assert plan["train/per_layer"].status == "skipped: budget"
+    top = plan["train/eigenvalues_largest"]
+    assert top.status == "planned" and top.settings == {"max_matvecs": 8, "top_k": 1}

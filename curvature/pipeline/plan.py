@@ -390,7 +390,8 @@ def make_plan(
 def _allocate(items: list[Item], sizers, total: float) -> None:
     """Water-filling of ``total`` seconds by weight, capped at each item's cap; while an
     item cannot run on its share, a test-split item or the failing item is dropped."""
-    active = list(items)
+    # an item that cannot run even on the whole budget never competes for a share
+    active = [it for it in items if sizers[it.name](total)[0] is not None]
     while True:
         shares = _water_fill(active, total)
         failing = [it for it in active if sizers[it.name](shares[it.name])[0] is None]
