@@ -302,8 +302,9 @@ def test_a_late_run_is_cut_to_the_time_left_under_a_given_budget():
 
 
 def test_slow_products_plan_per_layer_columns_without_a_wide_product(problem, monkeypatch):
-    """Above WIDE_MEASURE_LIMIT_S a per-layer column is planned as one whole product (an
-    upper bound) and no wide product is run; below it, the wide product is measured."""
+    """Above WIDE_MEASURE_LIMIT_S no wide product is run: a per-layer column is planned as
+    the second backward of the timed one-column product; below it, the wide product is
+    measured."""
     from curvature.pipeline import costs as costs_module
 
     model, loss, train, _ = problem
@@ -311,15 +312,17 @@ def test_slow_products_plan_per_layer_columns_without_a_wide_product(problem, mo
     widths = []
     real = costs_module.product_seconds
 
-    def counting(op_, width=1, seed=0):
+    def counting(op_, width=1, seed=0, parts=None):
         widths.append(width)
-        return real(op_, width, seed)
+        return real(op_, width, seed, parts)
 
     monkeypatch.setattr(costs_module, "product_seconds", counting)
     monkeypatch.setattr(costs_module, "WIDE_MEASURE_LIMIT_S", 0.0)
     slow = costs_module.measure_costs({"train": op}, per_layer_width=4)
     assert widths == [1]
-    assert slow.column_s == slow.product_s["train"] and slow.pass_s == 0.0
+    # a column is the timed product's second backward, the pass the rest of it
+    assert 0 < slow.column_s < slow.product_s["train"] and slow.pass_s > 0
+    assert slow.column_s + slow.pass_s == pytest.approx(slow.product_s["train"])
     widths.clear()
     monkeypatch.setattr(costs_module, "WIDE_MEASURE_LIMIT_S", float("inf"))
     fast = costs_module.measure_costs({"train": op}, per_layer_width=4)
@@ -380,3 +383,30 @@ def test_a_metric_that_cannot_run_on_the_whole_budget_takes_nothing_from_the_oth
     assert plan["train/per_layer"].status == "skipped: budget"
     top = plan["train/eigenvalues_largest"]
     assert top.status == "planned" and top.settings == {"max_matvecs": 8, "top_k": 1}
+
+
+def test_least_useful_sizes_come_first_then_shares():
+    """With room for per-layer spectra's least size (3 lockstep steps) and lambda_max's,
+    both run although per-layer's weighted share alone would be too small; the rest goes
+    by weight, and the plan stays within the budget."""
+    config = AnalysisConfig(per_layer=True)
+    costs = Costs(product_s={"train": 30.0}, gradient_s={"train": 11.0},
+                  evaluation_s={"train": 3.0}, column_s=19.0, pass_s=10.0)
+    plan = make_plan(config, costs, num_params=11_000_000, k=5, splits=("train",),
+                     block_dims=[1_000_000] * 7, budget_s=900.0, probe_columns=5,
+                     block_densities=False)
+    per_layer, top = plan["train/per_layer"], plan["train/eigenvalues_largest"]
+    assert per_layer.status == "planned" and per_layer.settings["max_steps"] >= 3
+    assert top.status == "planned" and top.planned >= 5
+    assert plan.seconds <= 900.0 + 1e-6
+
+
+def test_block_densities_that_do_not_fit_memory_are_not_planned():
+    config = AnalysisConfig(per_layer=True)
+    costs = Costs(product_s={"train": 1.0}, gradient_s={"train": 0.5},
+                  evaluation_s={"train": 0.1}, column_s=1.0, pass_s=0.0)
+    kw = dict(num_params=10_000, k=2, splits=("train",), block_dims=[5_000, 5_000])
+    with_d = make_plan(config, costs, **kw)["train/per_layer"].cap
+    without = make_plan(config, costs, block_densities=False, **kw)["train/per_layer"]
+    assert with_d["density_probes"] == 8 and without.cap["density_probes"] == 0
+    assert without.settings["density_probes"] == 0

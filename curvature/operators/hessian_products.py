@@ -152,6 +152,11 @@ class ExactProducts:
         self._cache_ok: bool | None = None
         self._graphs_key: tuple[int, int] | None = None  # DataLoop.cache_key of _graphs
         self._graph_checked = False
+        self.record_parts = False
+        """When set, :attr:`parts` holds the last product's seconds spent building batch
+        graphs (``"graph"``) and in second backwards (``"second_backward"``), with a
+        device sync per batch (for cost measurements only)."""
+        self.parts: dict[str, float] = {}
 
     @property
     def num_cached_graphs(self) -> int:
@@ -188,6 +193,8 @@ class ExactProducts:
         """
         k = V.shape[1]
         data = self.risk.data
+        if self.record_parts:
+            self.parts = {"graph": 0.0, "second_backward": 0.0}
 
         def vectorised(chunk: int | None) -> bool:
             # the jvp path only for blocks of at least FUNC_MIN_COLUMNS columns per pass:
@@ -224,6 +231,10 @@ class ExactProducts:
             )
             t1 = time.perf_counter()
             hv = self.second_backward(g, V, chunk)
+            if self.record_parts:
+                _sync(V)
+                self.parts["graph"] += t1 - t0
+                self.parts["second_backward"] += time.perf_counter() - t1
             if calibrate:
                 _sync(V)
                 # what this path costs from now on: the second backward alone once the

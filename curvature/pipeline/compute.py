@@ -321,9 +321,12 @@ def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, tim
                               gradient_s=timings.get("train_loss_gradient"),
                               forward_s=timings.get("train_forward"),
                               loss="sharpness" in config.metrics)
+    densities = dims is not None and "density" in config.metrics and memory.per_layer_plan(
+        work, num_params, ops["train"].dtype, 3, True, config.density_steps,
+        config.density_probes)["per_layer_density"]  # do block densities fit at all?
     return make_plan(config, costs, num_params=num_params, k=k, splits=tuple(ops),
                      block_dims=dims, probe_columns=default_block_size(ops["train"]),
-                     budget_s=config.budget)
+                     budget_s=config.budget, block_densities=densities)
 
 
 def _usable_guess(g: Tensor) -> bool:

@@ -20,7 +20,9 @@ were the warm gradient and the landscape line). There the times the analysis has
 spent stand in: the gradient is the first dataset gradient (``gradient_s``, an upper
 bound of a warm one), a landscape point is one forward pass over the split's data
 (``forward_s``, the accuracy pass; the landscape's points are evaluated together, so a
-point costs at most a forward pass), and a per-layer column is planned as one product.
+point costs at most a forward pass), and a per-layer column is planned as the second
+backward of the timed product (the batch graphs of a multi-column product are built
+once and shared by its columns; the rest of the product is the pass).
 
 Under ``torch.distributed`` the slowest rank's times (and set-up time) are used on every
 rank, so all ranks make the same plan (their products are all-reduced and must match;
@@ -69,13 +71,29 @@ def _median_time(fn: Callable[[], Any], device: Any, repeats: int = 5,
     return float(np.median(times))
 
 
-def product_seconds(op: Any, width: int = 1, seed: int = 0) -> float:
+def product_seconds(op: Any, width: int = 1, seed: int = 0,
+                    parts: dict[str, float] | None = None) -> float:
     """Seconds of a warm ``width``-column product of ``op`` (the first product is not
-    timed: it also chooses the product path and fills caches)."""
+    timed: it also chooses the product path and fills caches). ``parts``: filled with
+    the last timed product's seconds in second backwards (``"second_backward"``) and
+    the rest (``"pass"``), for exact Hessian products (left empty otherwise)."""
     V = _unit_columns(op, width, seed)
     op.matmat(V)
     _sync(op.device)
-    return _median_time(lambda: op.matmat(V), op.device)
+    products = getattr(op, "products", None)
+    record = (parts is not None and getattr(op, "method", None) == "exact"
+              and products is not None)
+    if record:
+        products.record_parts = True
+    try:
+        t = _median_time(lambda: op.matmat(V), op.device)
+    finally:
+        if record:
+            products.record_parts = False
+    if record and products.parts:
+        backward = products.parts["second_backward"]
+        parts.update(second_backward=backward, **{"pass": max(t - backward, 0.0)})
+    return t
 
 
 def gradient_seconds(op: Any) -> float:
@@ -125,7 +143,8 @@ def measure_costs(
     """
     costs = Costs()
     train = ops["train"]
-    costs.product_s["train"] = product_seconds(train, 1, seed)
+    parts: dict[str, float] = {}
+    costs.product_s["train"] = product_seconds(train, 1, seed, parts)
     expensive = costs.product_s["train"] > WIDE_MEASURE_LIMIT_S
     if expensive and gradient_s is not None:
         costs.gradient_s["train"] = gradient_s
@@ -153,9 +172,13 @@ def measure_costs(
             for table in (costs.gradient_s, costs.evaluation_s):
                 if "train" in table:
                     table[split] = table["train"] * ratio
-    if per_layer_width >= 2 and expensive:
-        # a wide product costs minutes here (and its first call calibrates the product
-        # path): plan each column as a full product instead of measuring (an upper bound)
+    if per_layer_width >= 2 and expensive and parts:
+        # a wide product costs minutes here: the columns of a multi-column product share
+        # the pass (batch graphs) and each adds one second backward over them
+        costs.column_s, costs.pass_s = parts["second_backward"], parts["pass"]
+    elif per_layer_width >= 2 and expensive:
+        # and without a measured split, each column is planned as a full product (an
+        # upper bound)
         costs.column_s, costs.pass_s = costs.product_s["train"], 0.0
     elif per_layer_width >= 2:
         t1 = costs.product_s["train"]

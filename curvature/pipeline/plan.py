@@ -314,6 +314,7 @@ def make_plan(
     block_dims: list[int] | None = None,
     probe_columns: int = 1,
     budget_s: float | None = None,
+    block_densities: bool = True,
 ) -> Plan:
     """Share ``budget_s`` seconds (``None``: the default rule) across the metrics of
     ``config`` (an :class:`AnalysisConfig`) on ``splits``.
@@ -326,6 +327,8 @@ def make_plan(
         block_dims: parameters per block for per-layer spectra (``None``: none).
         probe_columns: most columns per per-layer product besides the Lanczos ones
             (:func:`curvature.algorithms.probes.default_block_size`).
+        block_densities: whether per-block densities fit the memory bound
+            (:func:`curvature.memory.per_layer_plan`); if not, they are not planned.
     """
     want = set(config.metrics)
     items: list[Item] = []
@@ -369,7 +372,8 @@ def make_plan(
             sharpness_sizer(config.sharpness_steps, config.sharpness_samples, grad_s, loss_s))
     if block_dims:
         steps0 = config.max_matvecs or 300
-        dens = (config.density_probes, config.density_steps) if "density" in want else (0, 0)
+        dens = ((config.density_probes, config.density_steps)
+                if "density" in want and block_densities else (0, 0))
         add("train", "per_layer", "columns",
             {"max_steps": steps0, "trace_matvecs": config.trace_matvecs,
              "density_probes": dens[0], "density_steps": dens[1]},
@@ -388,44 +392,55 @@ def make_plan(
 
 
 def _allocate(items: list[Item], sizers, total: float) -> None:
-    """Water-filling of ``total`` seconds by weight, capped at each item's cap; while an
-    item cannot run on its share, a test-split item or the failing item is dropped."""
-    # an item that cannot run even on the whole budget never competes for a share
-    active = [it for it in items if sizers[it.name](total)[0] is not None]
-    while True:
-        shares = _water_fill(active, total)
-        failing = [it for it in active if sizers[it.name](shares[it.name])[0] is None]
-        if not failing:
-            break
-        # the test split's metrics give way to any failing one; a training metric is
-        # dropped only when it fails itself (the least weighted, the latest first)
-        candidates = [it for it in active if it.split != "train" or it in failing]
-        drop = min(candidates, key=lambda it: (it.split == "train", it.weight, -items.index(it)))
-        active.remove(drop)
+    """Share ``total`` seconds: first every metric's least useful size, in priority order
+    (training split before test split, then by weight) while it fits; then what is left
+    by weight (water-filling up to each metric's cap). A metric whose least useful size
+    does not fit is skipped, so a heavy metric that cannot run (per-layer spectra of a
+    big model on a short budget) takes nothing from the others."""
+    least = {it.name: _least_seconds(sizers[it.name], it.cap_s) for it in items}
+    active, reserved = [], 0.0
+    for it in sorted(items, key=lambda x: (x.split != "train", -x.weight, items.index(x))):
+        if reserved + least[it.name] <= total:
+            active.append(it)
+            reserved += least[it.name]
+    extra = _water_fill({it.name: (it.weight, it.cap_s - least[it.name]) for it in active},
+                        total - reserved)
     for it in items:
         if it in active:
-            settings, units, seconds = sizers[it.name](shares[it.name])
+            settings, units, seconds = sizers[it.name](least[it.name] + extra[it.name])
             it.settings, it.planned, it.seconds = settings, units, seconds
         else:
             it.status, it.settings, it.planned, it.seconds = "skipped: budget", None, 0, 0.0
 
 
-def _water_fill(items: list[Item], total: float) -> dict[str, float]:
-    shares = {it.name: 0.0 for it in items}
-    open_ = [it for it in items if it.cap_s > 0]
-    for it in items:
-        if it.cap_s <= 0:
-            shares[it.name] = 0.0
-    left = total
+def _least_seconds(sizer, cap_s: float) -> float:
+    """Fewest seconds on which ``sizer`` runs (``inf`` if not even on ``cap_s``)."""
+    if sizer(cap_s)[0] is None:
+        return math.inf
+    lo, hi = 0.0, cap_s
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if sizer(mid)[0] is not None else (mid, hi)
+    return hi
+
+
+def _water_fill(wanted: dict[str, tuple[float, float]], total: float) -> dict[str, float]:
+    """``total`` shared in proportion to weights, each share capped: ``wanted`` maps a
+    name to ``(weight, cap)``; what a capped share leaves goes to the others."""
+    shares = dict.fromkeys(wanted, 0.0)
+    open_ = [n for n, (_, cap) in wanted.items() if cap > 0]
+    left = max(total, 0.0)
     while open_ and left > 0:
-        w = sum(it.weight for it in open_)
-        full = [it for it in open_ if left * it.weight / w >= it.cap_s]
+        w = sum(wanted[n][0] for n in open_)
+        full = [n for n in open_ if left * wanted[n][0] / w >= wanted[n][1]]
         if not full:
-            for it in open_:
-                shares[it.name] = left * it.weight / w
+            for n in open_:
+                shares[n] = left * wanted[n][0] / w
             break
-        for it in full:
-            shares[it.name] = it.cap_s
-            left -= it.cap_s
-            open_.remove(it)
+        for n in full:
+            shares[n] = wanted[n][1]
+            left -= wanted[n][1]
+            open_.remove(n)
     return shares
+
+
