@@ -140,13 +140,14 @@ def analyze(
     def tick(columns: float) -> None:
         bar.update(plan.progress_units(state["item"], columns))
 
-    def start(name: str, text: str) -> Any:
+    def start(name: str, text: str | Callable[[dict], str]) -> Any:
         it = plan.grant(name, _elapsed(t_all))
         state["item"] = it
         bar.total += plan.progress_units(it, it.granted - it.planned)
         if it.settings is None:
             log(f"{name.replace('/', ': ')}: skipped: budget")
             return None
+        text = text(it.settings) if callable(text) else text
         if bar.disable:
             log(text)
         else:
@@ -167,8 +168,10 @@ def analyze(
             warnings.simplefilter("always")
             for which, attr in (("largest", "top"), ("smallest", "bottom")):
                 name = f"{split}/eigenvalues_{which}"
-                if name not in plan or (s := start(name, f"{split}: Lanczos, {k} {which} "
-                                                  "eigenvalues")) is None:
+                def label(st: dict, split: str = split, which: str = which) -> str:
+                    return f"{split}: Lanczos, {st.get('top_k', k)} {which} eigenvalues"
+
+                if name not in plan or (s := start(name, label)) is None:
                     continue
                 before = op.num_matvecs
                 # the gradient lies mostly in the top eigenspace: a start guess for the
