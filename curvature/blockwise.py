@@ -9,6 +9,10 @@ product (one pass over the data) serves one Lanczos step of every block, plus Hu
 trace probes and density runs riding along, and the number of passes is the number of
 lockstep steps, not blocks x steps:
 
+* products: column ``b``'s second backward runs from block ``b``'s gradient to block
+  ``b``'s parameters only (:meth:`~curvature.operators.hessian_products.ExactProducts.block_matmat`),
+  so a column costs the double backward of the network from that block on, not a full
+  product;
 * extreme eigenvalues: one Lanczos run per block with full reorthogonalisation, all runs
   stepped in lockstep (:class:`curvature.algorithms.lockstep_lanczos.LockstepLanczos`);
   a block leaves the product once both ends converged;
@@ -150,6 +154,8 @@ def block_spectra(
         method=method, chunk_size=chunk_size, cache_graphs=cache_graphs,
     )
     sizes = dict(zip(op.risk.names, op.risk.numels))
+    index = {name: i for i, name in enumerate(op.risk.names)}
+    block_params = [[index[p] for p in ps] for _, ps in parts]
     bounds, start = [], 0
     for _, ps in parts:
         n_b = sum(sizes[p] for p in ps)
@@ -192,7 +198,8 @@ def block_spectra(
             V = torch.zeros(op.shape[0], min(width, len(cols) - first), **vec)
             for c, (_, _, b, v) in enumerate(cols[first:first + width]):
                 V[bounds[b][0]:bounds[b][1], c] = v
-            HV.append(op.matmat(V))
+            HV.append(_block_products(op, V, [block_params[b] for _, _, b, _ in
+                                              cols[first:first + width]]))
             check_finite(HV[-1], "block_spectra", passes)
             passes += 1
             if on_product is not None:
@@ -236,6 +243,17 @@ def block_spectra(
         blocks=tuple(out), num_passes=passes, num_matvecs=columns, converged=not failed,
         tol=tol, message=message, product_error=err,
     )
+
+
+def _block_products(op: HessianOperator, V: Tensor, column_params: list[list[int]]) -> Tensor:
+    """The columns' diagonal-block products: exact products restrict each column's
+    second backward to its block (:meth:`ExactProducts.block_matmat`, cheaper for the
+    blocks near the output); finite differences take the full product (its other
+    blocks are not read)."""
+    if op.method != "exact":
+        return op.matmat(V)
+    op.num_matvecs += V.shape[1]
+    return op.products.block_matmat(V, column_params)
 
 
 def _with_product_error(r: RunResult, err: float, tol: float) -> RunResult:

@@ -26,7 +26,7 @@ import dataclasses
 import math
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -255,6 +255,47 @@ class ExactProducts:
 
         with self.risk.differentiable():
             return data.accumulate(step, torch.zeros_like(V), progress=progress, desc="hvp")
+
+    def block_matmat(self, V: Tensor, column_params: Sequence[Sequence[int]]) -> Tensor:
+        """``H_bb v_b`` for every column of ``V: Tensor[n, k]``, column ``j`` nonzero only
+        on the parameters ``column_params[j]`` (indices into ``risk.param_list``, its
+        block ``b``): the block-diagonal products of per-block spectra, in one pass.
+
+        Each column's second backward runs from the gradient tensors of its own block to
+        that block's parameters only, so autograd visits only the part of the double
+        backward between them: ``d(g_b . v_b) / dw_b``, where a full product would carry
+        the zeros of the other blocks through the whole graph. Entries outside a column's
+        block are 0 (the full product's off-diagonal blocks ``H_cb v_b`` are not formed).
+        """
+        params = self.risk.param_list
+        offsets = [0]
+        for p in params:
+            offsets.append(offsets[-1] + p.numel())
+
+        def step(_: int, batch: Any) -> tuple[Tensor, Tensor]:
+            loss = self.risk.module_loss(batch)
+            if not self._graph_checked:
+                check_second_derivatives(loss)
+                self._graph_checked = True
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            out = torch.zeros_like(V)
+            for j, idx in enumerate(column_params):
+                live = [i for i in idx if grads[i] is not None and grads[i].requires_grad]
+                if not live:  # the loss is at most linear in this block
+                    continue
+                vs = [V[offsets[i]:offsets[i + 1], j].view_as(params[i]) for i in live]
+                try:
+                    hs = torch.autograd.grad([grads[i] for i in live], [params[i] for i in live],
+                                             vs, retain_graph=True, allow_unused=True)
+                except RuntimeError as err:
+                    raise double_backward_error(err) from err
+                for i, h in zip(live, hs):
+                    if h is not None:
+                        out[offsets[i]:offsets[i + 1], j] = h.reshape(-1)
+            return out, loss.detach()
+
+        with self.risk.differentiable():
+            return self.risk.data.accumulate(step, torch.zeros_like(V))
 
     def hvp_forward_over_reverse(
         self, V: Tensor, batch: Any, chunk_size: int | None
