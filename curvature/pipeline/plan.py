@@ -393,13 +393,14 @@ def make_plan(
 
 def _allocate(items: list[Item], sizers, total: float) -> None:
     """Share ``total`` seconds: first every metric's least useful size, in priority order
-    (training split before test split, then by weight) while it fits; then what is left
+    (training split before test split, lambda_max first, then by weight) while it fits; then what is left
     by weight (water-filling up to each metric's cap). A metric whose least useful size
     does not fit is skipped, so a heavy metric that cannot run (per-layer spectra of a
     big model on a short budget) takes nothing from the others."""
     least = {it.name: _least_seconds(sizers[it.name], it.cap_s) for it in items}
     active, reserved = [], 0.0
-    for it in sorted(items, key=lambda x: (x.split != "train", -x.weight, items.index(x))):
+    for it in sorted(items, key=lambda x: (x.split != "train", x.metric != "eigenvalues_largest",
+                                          -x.weight, items.index(x))):
         if reserved + least[it.name] <= total:
             active.append(it)
             reserved += least[it.name]
