@@ -410,3 +410,35 @@ def test_block_densities_that_do_not_fit_memory_are_not_planned():
     without = make_plan(config, costs, block_densities=False, **kw)["train/per_layer"]
     assert with_d["density_probes"] == 8 and without.cap["density_probes"] == 0
     assert without.settings["density_probes"] == 0
+
+
+def test_slow_products_measure_a_per_layer_column_with_restricted_block_products(problem,
+                                                                                monkeypatch):
+    """Above WIDE_MEASURE_LIMIT_S with exact products, a per-layer column is timed as one
+    restricted step on the first batch (``block_column_seconds``), scaled by examples."""
+    from curvature.pipeline import costs as costs_module
+
+    model, loss, train, _ = problem
+    x, y = train
+    batches = [(x[:40], y[:40]), (x[40:80], y[40:80]), (x[80:], y[80:])]
+    names = [n for n, _ in model.named_parameters()]
+    blocks = [names[:2], names[2:]]
+    t = costs_module.block_column_seconds(model, loss, batches, blocks, 120,
+                                          torch.float64, torch.device("cpu"))
+    assert 0 < t < 10
+    op = cv.HessianOperator(model, loss, batches)
+    monkeypatch.setattr(costs_module, "WIDE_MEASURE_LIMIT_S", 0.0)
+    costs = costs_module.measure_costs({"train": op}, per_layer_width=2,
+                                       block_column=lambda: 0.125)
+    assert costs.column_s == 0.125 and costs.pass_s == 0.0
+
+
+def test_analyze_plans_per_layer_from_a_restricted_block_step(problem, monkeypatch):
+    from curvature.pipeline import costs as costs_module
+
+    model, loss, train, _ = problem
+    monkeypatch.setattr(costs_module, "WIDE_MEASURE_LIMIT_S", 0.0)
+    a = analyze(model, loss, train, per_layer=True, metrics=("eigenvalues",), top_k=1)
+    costs = a.plan.costs
+    assert costs.column_s > 0 and costs.pass_s == 0.0
+    assert a.plan["train/per_layer"].status == "ran" and a.per_layer is not None

@@ -36,7 +36,7 @@ from curvature.batches import batch_size_of, model_args
 from curvature.data_loop import DataLoop
 from curvature.errors import CurvatureWarning
 from curvature.pipeline.config import AnalysisConfig, resolve_config
-from curvature.pipeline.costs import measure_costs, point_seconds
+from curvature.pipeline.costs import block_column_seconds, measure_costs, point_seconds
 from curvature.pipeline.meter import MeteredOperator, analysis_bar
 from curvature.pipeline.plan import Plan, make_plan
 from curvature.pipeline.summary import Analysis, SplitAnalysis
@@ -299,6 +299,13 @@ def _elapsed(t0: float) -> float:
     return elapsed
 
 
+def _world_size() -> int:
+    """Processes under torch.distributed (1 without it)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _silent(_message: str) -> None:
     """The default ``log``: nothing."""
 
@@ -309,10 +316,18 @@ def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, tim
     from curvature.algorithms.probes import default_block_size
     from curvature.partition import partition
 
-    dims = None
+    dims, block_column = None, None
     if config.per_layer:
         sizes = dict(zip(ops["train"].risk.names, ops["train"].risk.numels))
-        dims = [sum(sizes[p] for p in ps) for _, ps in partition(work, grouping or "module")]
+        parts = partition(work, grouping or "module")
+        dims = [sum(sizes[p] for p in ps) for _, ps in parts]
+        if config.hvp_method == "exact":
+            def block_column() -> float:
+                return block_column_seconds(
+                    work, loss_fn, datasets[0][1], [list(ps) for _, ps in parts],
+                    _count(datasets[0][1], ops["train"].device) / _world_size(),
+                    ops["train"].dtype,
+                    ops["train"].device, config.seed)
     evaluate = None
     if "landscape" in config.metrics:
         train = datasets[0][1]
@@ -323,7 +338,8 @@ def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, tim
                               seed=config.seed, started=t_all,
                               gradient_s=timings.get("train_loss_gradient"),
                               forward_s=timings.get("train_forward"),
-                              loss="sharpness" in config.metrics)
+                              loss="sharpness" in config.metrics,
+                              block_column=block_column)
     densities = dims is not None and "density" in config.metrics and memory.per_layer_plan(
         work, num_params, ops["train"].dtype, 3, True, config.density_steps,
         config.density_probes)["per_layer_density"]  # do block densities fit at all?

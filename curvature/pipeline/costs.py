@@ -96,6 +96,31 @@ def product_seconds(op: Any, width: int = 1, seed: int = 0,
     return t
 
 
+def block_column_seconds(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], data: Any,
+                         blocks: list[list[str]], examples: int, dtype: torch.dtype,
+                         device: torch.device, seed: int = 0) -> float:
+    """Seconds per column of a per-layer step (one column per block, each product
+    restricted to its block: :meth:`ExactProducts.block_matmat`) over ``examples``
+    examples, from one such step on the first batch of ``data`` scaled by the examples
+    (a first call, so an upper bound of a warm one). ``blocks``: parameter names per
+    block."""
+    from curvature.batches import batch_size_of
+    from curvature.data_loop import DataLoop
+    from curvature.operators import HessianOperator
+
+    batch = next(b for _, b in DataLoop(data).iterate())
+    names = [n for ps in blocks for n in ps]
+    sub = HessianOperator(model, loss_fn, [batch], params=names, dtype=dtype, device=device)
+    index = {n: i for i, n in enumerate(sub.risk.names)}
+    columns = [[index[n] for n in ps] for ps in blocks]
+    V = _unit_columns(sub, len(blocks), seed)
+    t0 = time.perf_counter()
+    sub.products.block_matmat(V, columns)
+    _sync(sub.device)
+    seconds = time.perf_counter() - t0
+    return seconds * examples / max(batch_size_of(batch), 1) / len(blocks)
+
+
 def gradient_seconds(op: Any) -> float:
     """Seconds of a warm dataset gradient of ``op``'s loss (at a copy of its parameters,
     so the cached gradient is not returned; the analysis' first gradient also pays
@@ -127,6 +152,7 @@ def measure_costs(
     gradient_s: float | None = None,
     forward_s: float | None = None,
     loss: bool = False,
+    block_column: Callable[[], float] | None = None,
 ) -> Costs:
     """:class:`Costs` of the splits' operators ``ops`` (``{"train": op, ...}``).
 
@@ -139,7 +165,9 @@ def measure_costs(
     ``gradient_s``, ``forward_s``: seconds the analysis spent on the training split's
     first gradient and on a forward pass over it, used instead of new measurements when
     a product takes over :data:`WIDE_MEASURE_LIMIT_S` (module docstring);
-    ``loss``: also time a plain loss evaluation of the training split (``loss_s``).
+    ``loss``: also time a plain loss evaluation of the training split (``loss_s``);
+    ``block_column``: returns the seconds of a per-layer column
+    (:func:`block_column_seconds`), used for products above :data:`WIDE_MEASURE_LIMIT_S`.
     """
     costs = Costs()
     train = ops["train"]
@@ -172,7 +200,11 @@ def measure_costs(
             for table in (costs.gradient_s, costs.evaluation_s):
                 if "train" in table:
                     table[split] = table["train"] * ratio
-    if per_layer_width >= 2 and expensive and parts:
+    if per_layer_width >= 2 and expensive and block_column is not None:
+        # one restricted step on one batch: columns share no pass here (each builds its
+        # own part of the double backward), so a step costs its columns
+        costs.column_s, costs.pass_s = block_column(), 0.0
+    elif per_layer_width >= 2 and expensive and parts:
         # a wide product costs minutes here: the columns of a multi-column product share
         # the pass (batch graphs) and each adds one second backward over them
         costs.column_s, costs.pass_s = parts["second_backward"], parts["pass"]
