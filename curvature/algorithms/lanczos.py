@@ -213,7 +213,9 @@ def lanczos(
     if basis_size is None:
         basis_size = default_basis_size(k, n)
     gen = make_generator(None, op.device) if generator is None else generator
-    m = basis_size
+    # a run cannot expand more columns than it has products: a larger basis would only
+    # hold memory (Q is row-major, so writing one column touches all of Q's pages)
+    m = min(basis_size, max_matvecs + k)
     b_max = block_size(k, n, m, max_matvecs)
     b = min(b_max, 1 if k == 1 else 2)
     dtype, device = op.dtype, op.device
