@@ -138,7 +138,10 @@ def analyze(
     state: dict[str, Any] = {}
 
     def tick(columns: float) -> None:
-        bar.update(plan.progress_units(state["item"], columns))
+        units = plan.progress_units(state["item"], columns)
+        if bar.n + units > bar.total:  # more work than planned: the total grows with it
+            bar.total = bar.n + units
+        bar.update(units)
 
     def start(name: str, text: str | Callable[[dict], str]) -> Any:
         it = plan.grant(name, _elapsed(t_all))
@@ -156,7 +159,8 @@ def analyze(
 
     def spend(name: str, used: int) -> None:
         it = plan[name]
-        bar.total -= plan.progress_units(it, it.granted - used)
+        # (not below the work done: rounding must not leave the bar past its total)
+        bar.total = max(bar.total - plan.progress_units(it, it.granted - used), bar.n)
         plan.spend(name, used)
         bar.refresh()
 
