@@ -211,7 +211,13 @@ class EmpiricalRisk:
         at_w0 = w is None
         if at_w0 and self._grad0 is not None:
             return self._grad0
-        w = self.w0 if w is None else w
+        loss, g = self.loss_and_gradient(self.w0 if w is None else w, progress)
+        if at_w0:
+            self._grad0, self._loss0 = g, loss
+        return g
+
+    def loss_and_gradient(self, w: Tensor, progress: bool = False) -> tuple[Tensor, Tensor]:
+        """Dataset loss (0-d) and gradient ``Tensor[n]`` at flat ``w``, one pass."""
 
         def step(_: int, batch: Any) -> tuple[Tensor, Tensor]:
             wr = w.detach().requires_grad_(True)
@@ -221,9 +227,7 @@ class EmpiricalRisk:
 
         total = torch.zeros(self.num_params + 1, dtype=self.dtype, device=self.device)
         total = self.data.accumulate(step, total, progress=progress, desc="gradient")
-        if at_w0:
-            self._grad0, self._loss0 = total[:-1], total[-1]
-        return total[:-1]
+        return total[-1], total[:-1]
 
     def gradients_at(self, W: Tensor, progress: bool = False, desc: str = "gradients") -> Tensor:
         """Dataset gradients ``Tensor[n, m]`` at the ``m`` points ``W: Tensor[n, m]``, one

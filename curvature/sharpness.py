@@ -177,20 +177,6 @@ def loss_at(risk: Any, w: Tensor) -> Tensor:
     return risk.data.accumulate(step, total)[0]
 
 
-def _loss_and_gradient(risk: Any, w: Tensor) -> tuple[Tensor, Tensor]:
-    """Dataset loss and gradient ``Tensor[n]`` at flat ``w`` (one pass over the data)."""
-
-    def step(_: int, batch: Any) -> tuple[Tensor, Tensor]:
-        wr = w.detach().requires_grad_(True)
-        loss = risk.batch_loss(wr, batch)
-        (g,) = torch.autograd.grad(loss, wr)
-        return torch.cat([g, loss.detach().reshape(1)]), loss
-
-    total = torch.zeros(risk.num_params + 1, dtype=risk.dtype, device=risk.device)
-    total = risk.data.accumulate(step, total)
-    return total[-1], total[:-1]
-
-
 def _average(risk, w0, scale, rho, samples, gen, base, eta) -> SharpnessResult:
     gains = []
     for _ in range(samples):
@@ -212,7 +198,7 @@ def _worst(risk, w0, scale, rho, steps, gen, base, eta) -> SharpnessResult:
             best = max(best, float(loss_at(risk, w)) - base)
             evals += 1
             break
-        loss, grad = _loss_and_gradient(risk, w)
+        loss, grad = risk.loss_and_gradient(w)
         evals += 1
         best = max(best, float(loss) - base)
         g = scale * grad  # d L(w + c u) / d u

@@ -129,7 +129,7 @@ def analyze(
                                       float(grads[split].double().norm()))
 
     plan = _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings,
-                 mem["per_layer_blocks"])
+                 splits["train"].num_examples, mem["per_layer_blocks"])
     if log is not _silent:
         log(plan.line())
     elif config.progress:
@@ -315,8 +315,9 @@ def _silent(_message: str) -> None:
 
 
 def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, timings,
-          grouping: str | None = None) -> Plan:
-    """Measure the costs (:mod:`curvature.pipeline.costs`) and make the plan."""
+          examples: int, grouping: str | None = None) -> Plan:
+    """Measure the costs (:mod:`curvature.pipeline.costs`) and make the plan
+    (``examples``: the training split's, over all ranks)."""
     from curvature.algorithms.probes import default_block_size
     from curvature.partition import partition
 
@@ -329,7 +330,7 @@ def _plan(config, work, loss_fn, datasets, ops, names, k, num_params, t_all, tim
             def block_column() -> float:
                 return block_column_seconds(
                     work, loss_fn, datasets[0][1], [list(ps) for _, ps in parts],
-                    _count(datasets[0][1], ops["train"].device) / _world_size(),
+                    examples / _world_size(),
                     ops["train"].dtype,
                     ops["train"].device, config.seed)
     evaluate = None
