@@ -76,8 +76,10 @@ class CurvatureTool:
         return op @ v, 1
 
     def lambda_max(self, cfg: Sizes, seed: int) -> tuple[np.ndarray, int]:
+        """Lanczos started from the loss gradient (``v0``; one gradient pass, timed, not
+        counted as a product), as :func:`curvature.pipeline.analyze` runs it."""
         op = self.operator()
-        r = cv.eigenvalues(op, 1, tol=cfg.tol, seed=seed)
+        r = cv.eigenvalues(op, 1, tol=cfg.tol, seed=seed, v0=op.gradient())
         return r.values.numpy(), op.num_matvecs
 
     def top(self, cfg: Sizes, seed: int) -> tuple[np.ndarray, int]:
