@@ -5,8 +5,9 @@ Fixtures: ``digits_standardized`` (sklearn's digits, standardised, numpy), ``dig
 ``pytestmark = pytest.mark.usefixtures("float64_default")``), ``one_thread`` (one intra-op
 thread). Helpers, imported as
 ``from conftest import ...``: small models with known quirks (:func:`mlp`, :func:`cnn`
-with BatchNorm and Dropout, :func:`attention` with LayerNorm and tied weights), their
-data, :func:`rel` and :func:`probe_block`.
+with BatchNorm and Dropout, :func:`attention` with LayerNorm and tied weights,
+:func:`tiny_gpt2` taking one ``BatchEncoding``), their data, :func:`rel` and
+:func:`probe_block`.
 """
 
 from __future__ import annotations
@@ -155,6 +156,36 @@ NAMES = [
     "attention-ln-tied-ce",
     "attention-ln-tied-mse",
 ]
+
+
+class LogitsOf(nn.Module):
+    """A HuggingFace model called with one ``BatchEncoding`` (the project's convention
+    for keyword-argument models): ``batch -> model(**batch).logits``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model(**batch).logits
+
+
+def tiny_gpt2(vocab: int = 11):
+    """A random float64 GPT-2 (1 layer, n_embd 16, 2 heads, ``vocab`` tokens, eager
+    attention) behind :class:`LogitsOf`, and its mean next-token cross-entropy
+    ``lm_loss(logits [N, T, V], ids [N, T])``. Skips the test without ``transformers``."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=vocab,
+                                     n_positions=8, bos_token_id=0, eos_token_id=0,
+                                     attn_implementation="eager")
+    torch.manual_seed(5)
+    model = LogitsOf(transformers.GPT2LMHeadModel(config).double())
+
+    def lm_loss(logits, labels):
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                               labels[:, 1:].reshape(-1))
+
+    return model, lm_loss
 
 
 def probe_block(n, k=3, seed=0):

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_gpt2
 from torch import nn
 
 import curvature as cv
@@ -145,25 +146,8 @@ def test_hf_gpt2_batch_encodings_of_different_lengths():
     """A tiny random GPT-2 behind a wrapper taking one BatchEncoding (the project's HF
     convention), two batches of different sequence lengths, left in train mode."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=11,
-                                     n_positions=8, bos_token_id=0, eos_token_id=0,
-                                     attn_implementation="eager")
-    torch.manual_seed(5)
-    gpt = transformers.GPT2LMHeadModel(config).double()
-
-    class LogitsOf(nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, batch):
-            return self.model(**batch).logits
-
-    model = LogitsOf(gpt).train()
-
-    def lm_loss(logits, labels):  # mean next-token cross-entropy
-        return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                           labels[:, 1:].reshape(-1))
+    model, lm_loss = tiny_gpt2()
+    gpt = model.model.train()
 
     g = torch.Generator().manual_seed(0)
     data = []

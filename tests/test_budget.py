@@ -330,6 +330,25 @@ def test_slow_products_plan_per_layer_columns_without_a_wide_product(problem, mo
     assert fast.column_s is not None and fast.column_s > 0
 
 
+def test_a_slow_first_product_is_timed_once(problem, monkeypatch):
+    """Above WIDE_MEASURE_LIMIT_S the first product's time is the measurement (no second
+    product); below it the first product is a warm-up and the warm ones are timed."""
+    from curvature.pipeline import costs as costs_module
+
+    model, loss, train, _ = problem
+    op = cv.HessianOperator(model, loss, [train])
+    monkeypatch.setattr(costs_module, "WIDE_MEASURE_LIMIT_S", 0.0)
+    before = op.num_matvecs
+    parts: dict[str, float] = {}
+    t = costs_module.product_seconds(op, 1, 0, parts)
+    assert op.num_matvecs - before == 1 and t > 0
+    assert parts["second_backward"] + parts["pass"] == pytest.approx(t)
+    monkeypatch.setattr(costs_module, "WIDE_MEASURE_LIMIT_S", float("inf"))
+    before = op.num_matvecs
+    costs_module.product_seconds(op, 1, 0)
+    assert op.num_matvecs - before >= 2
+
+
 def test_slow_products_reuse_the_analysis_gradient_and_forward_times(problem, monkeypatch):
     """Above WIDE_MEASURE_LIMIT_S the gradient and a landscape point are not timed again:
     the analysis' first gradient and its forward pass stand in; below it they are timed."""

@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import tiny_gpt2
 from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader
@@ -250,27 +251,11 @@ def test_keyword_argument_model_gpt2():
     """The README's wrapper for a HuggingFace model called with keyword arguments:
     ``BatchEncoding`` inputs, HVPs against double backward on the whole dataset."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=11,
-                                     n_positions=8, bos_token_id=0, eos_token_id=0,
-                                     attn_implementation="eager")
-    torch.manual_seed(5)
-    gpt = transformers.GPT2LMHeadModel(config).double()
-
-    class LogitsOf(nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, batch):
-            return self.model(**batch).logits
-
-    model = LogitsOf(gpt).eval()  # no dropout in the truth either
+    model, lm_loss = tiny_gpt2()
+    model.eval()  # no dropout in the truth either
     ids = torch.randint(0, 11, (5, 6))
     mask = torch.ones_like(ids)
     mask[3, 4:] = 0
-
-    def lm_loss(logits, labels):  # mean next-token cross-entropy
-        return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1))
 
     def enc(sl):
         return transformers.BatchEncoding({"input_ids": ids[sl], "attention_mask": mask[sl]})
