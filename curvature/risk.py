@@ -206,12 +206,24 @@ class EmpiricalRisk:
             self.gradient()
         return float(self._loss0)
 
-    def gradient(self, w: Tensor | None = None, progress: bool = False) -> Tensor:
-        """Dataset gradient ``g(w): Tensor[n]`` (cached at ``w0``, with the loss)."""
+    def gradient(
+        self,
+        w: Tensor | None = None,
+        progress: bool = False,
+        compute: Callable[[], tuple[Tensor, Tensor]] | None = None,
+    ) -> Tensor:
+        """Dataset gradient ``g(w): Tensor[n]`` (cached at ``w0``, with the loss).
+
+        ``compute`` (at ``w0`` only): another one-pass way to ``(loss, gradient)``, such
+        as the exact products' pass that keeps the batch graphs for later products.
+        """
         at_w0 = w is None
         if at_w0 and self._grad0 is not None:
             return self._grad0
-        loss, g = self.loss_and_gradient(self.w0 if w is None else w, progress)
+        if at_w0 and compute is not None:
+            loss, g = compute()
+        else:
+            loss, g = self.loss_and_gradient(self.w0 if w is None else w, progress)
         if at_w0:
             self._grad0, self._loss0 = g, loss
         return g

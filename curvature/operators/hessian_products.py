@@ -37,12 +37,30 @@ from curvature.errors import DoubleBackwardError
 from curvature.risk import EmpiricalRisk
 
 __all__ = [
-    "FUNC_MIN_COLUMNS", "ExactProducts", "PathChoice", "check_second_derivatives",
-    "columns_per_pass", "double_backward_error", "saved_bytes",
+    "CALIBRATION_COLUMNS", "CHEAP_BLOCK_S", "CLOSE_CALL", "FUNC_MIN_COLUMNS", "PROBE_COLUMNS", "ExactProducts", "PathChoice",
+    "check_second_derivatives", "columns_per_pass", "double_backward_error", "saved_bytes",
 ]
 
-FUNC_MIN_COLUMNS = 8
-"""Products with at least this many columns may use vectorised forward-over-reverse."""
+FUNC_MIN_COLUMNS = 4
+"""Products with at least this many columns per pass may use vectorised
+forward-over-reverse (measured per column against warm double backward: 0.29 against
+0.35 s at 4 columns on a ResNet-20 of width 32, equal at 4 on a small GPT-2, 0.12
+against 0.14 s there at 10)."""
+
+PROBE_COLUMNS = 4
+"""Width of the slices on which batched and looped second backwards are timed."""
+
+CALIBRATION_COLUMNS = 8
+"""Narrowest slice on which the jvp and double-backward paths are timed side by side;
+narrower blocks are timed whole, both ways."""
+
+CLOSE_CALL = 0.15
+"""Per-column times of the two paths closer than this (relative) on a narrow block leave
+the choice to the next block, once."""
+
+CHEAP_BLOCK_S = 0.5
+"""Below this many seconds for the timed slices on one batch, their timings are
+repeated (best of two)."""
 
 
 @dataclasses.dataclass
@@ -57,6 +75,8 @@ class PathChoice:
 
     batched: bool | None = None
     func: bool | None = None
+    func_trials: int = 0
+    """Narrow blocks whose jvp-path timing was a close call, left undecided."""
 
 
 _PATH_CHOICES: weakref.WeakKeyDictionary[nn.Module, PathChoice] = weakref.WeakKeyDictionary()
@@ -80,15 +100,20 @@ def columns_per_pass(
 ) -> int | None:
     """Columns per vectorised pass for a ``k``-column product (``None``: all at once).
 
-    An explicit ``chunk_size`` wins; otherwise ``max_chunk_bytes`` over the measured
-    bytes one column holds (``per_column``; unknown: all at once), at least 1.
+    An explicit ``chunk_size`` wins. Otherwise at most ``max_chunk_bytes`` over the
+    measured bytes one column holds (``per_column``; unknown: all at once), at least 1,
+    and the passes balanced: 10 columns under a bound of 9 go as 5 + 5, not 9 + 1 (a
+    column of a narrow pass costs more: 0.43 s at width 1 against 0.12 s at width 9 by
+    forward-over-reverse on a small GPT-2).
     """
     if chunk_size is not None:
         return max(1, int(chunk_size))
     if not per_column:
         return None
     fit = int(max_chunk_bytes // per_column)
-    return None if fit >= k else max(1, fit)
+    if fit >= k:
+        return None
+    return -(-k // -(-k // max(1, fit)))  # ceil(k / number of passes)
 
 
 def double_backward_error(err: Exception) -> DoubleBackwardError:
@@ -198,7 +223,8 @@ class ExactProducts:
 
         def vectorised(chunk: int | None) -> bool:
             # the jvp path only for blocks of at least FUNC_MIN_COLUMNS columns per pass:
-            # a memory-bound chunk of 2 must not decide (or use) the path of wide blocks
+            # a memory-bound chunk of 2 must not decide (or use) the path of wide blocks,
+            # where the jvp path's per-column cost is lower (0.44 s a column at 1, 0.12 at 10)
             width = k if chunk is None else min(k, chunk)
             return width >= FUNC_MIN_COLUMNS and self.paths.func is not False
 
@@ -209,52 +235,77 @@ class ExactProducts:
             chunk = self.chunk_for(k, chunk_size, max_chunk_bytes)
             if self.paths.func and vectorised(chunk):
                 return self.hvp_forward_over_reverse(V, batch, chunk)
+            kept = i in self._graphs
             t0 = time.perf_counter()
-            key = data.cache_key
-            if key != self._graphs_key:  # other batches than the kept graphs were built on
-                self._graphs.clear()
-                self._graphs_key = key
-            if i in self._graphs:
-                g, loss = self._graphs[i]
-            else:
-                g, loss = self.gradient_graph(batch, measure=self.column_bytes is None)
-                n = data.num_batches
-                if cache_graphs is None and self._cache_ok is None and key is not None and n:
-                    self._cache_ok = self.column_bytes * n <= max_cache_bytes
-                if key is not None and (cache_graphs or (cache_graphs is None and self._cache_ok)):
-                    self._graphs[i] = (g, loss)
+            g, loss = self.batch_graph(i, batch, cache_graphs, max_cache_bytes)
             chunk = self.chunk_for(k, chunk_size, max_chunk_bytes)
-            # decide the jvp path only once the column path is settled, so the
-            # reference time holds no timing experiment of its own
-            calibrate = (
-                vectorised(chunk) and self.paths.func is None and self.paths.batched is not None
-            )
             t1 = time.perf_counter()
+            # decide the jvp path only once the column path is settled, so that the
+            # double-backward timing holds no timing experiment of its own
+            if vectorised(chunk) and self.paths.func is None and self.paths.batched is not None:
+                # what double backward costs from now on: the second backward alone once
+                # the graph is kept, else graph and second backward
+                return self._choose_func(g, V, batch, chunk, 0.0 if kept else t1 - t0), loss
             hv = self.second_backward(g, V, chunk)
             if self.record_parts:
                 _sync(V)
                 self.parts["graph"] += t1 - t0
                 self.parts["second_backward"] += time.perf_counter() - t1
-            if calibrate:
-                _sync(V)
-                # what this path costs from now on: the second backward alone once the
-                # graph is kept, else graph and second backward
-                kept = i in self._graphs
-                t_now = time.perf_counter() - (t1 if kept else t0)
-                # The jvp path is timed warm (best of two after a warm-up); time this path
-                # the same way, or the first call at a new width (fresh memory) decides.
-                # Measured on the digits MLP: one cold timing chose jvp, whose Hutch++
-                # trace then took 0.61 s against 0.54 s by this path.
-                for _ in range(2):
-                    t2 = time.perf_counter()
-                    self.second_backward(g if kept else self.gradient_graph(batch)[0], V, chunk)
-                    _sync(V)
-                    t_now = min(t_now, time.perf_counter() - t2)
-                self._calibrate_func(V, batch, chunk, hv, t_now)
             return hv, loss
 
         with self.risk.differentiable():
             return data.accumulate(step, torch.zeros_like(V), progress=progress, desc="hvp")
+
+    def batch_graph(
+        self, i: int, batch: Any, cache_graphs: bool | None, max_cache_bytes: float
+    ) -> tuple[Tensor, Tensor]:
+        """Batch ``i``'s flat gradient with its graph, and its loss: the kept graph, or a
+        new one, kept when the cache applies (``cache_graphs`` as in :meth:`matmat`)."""
+        data = self.risk.data
+        key = data.cache_key
+        if key != self._graphs_key:  # other batches than the kept graphs were built on
+            self._graphs.clear()
+            self._graphs_key = key
+        if i in self._graphs:
+            return self._graphs[i]
+        g, loss = self.gradient_graph(batch, measure=self.column_bytes is None)
+        n = data.num_batches
+        if cache_graphs is None and self._cache_ok is None and key is not None and n:
+            self._cache_ok = self.column_bytes * n <= max_cache_bytes
+        if key is not None and (cache_graphs or (cache_graphs is None and self._cache_ok)):
+            self._graphs[i] = (g, loss)
+        return g, loss
+
+    def keeps_graphs(self, cache_graphs: bool | None) -> bool:
+        """Whether the next pass over the data may keep its batch graphs: cacheable
+        data, and the cache on, or automatic and not yet found too big."""
+        if self.risk.data.cache_key is None:
+            return False
+        return bool(cache_graphs) or (cache_graphs is None and self._cache_ok is not False)
+
+    def loss_and_gradient(
+        self, cache_graphs: bool | None = None, max_cache_bytes: float = 2**30,
+        progress: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """Dataset loss (0-d) and gradient ``Tensor[n]`` at the module's weights, one pass
+        that builds the batch gradient graphs the products need and keeps those the
+        graph cache admits, so that the first product after it is warm (a Lanczos
+        started from the gradient saves the graph-building half of a fresh product).
+        Batches after the cache is found too big take a plain gradient."""
+
+        def step(i: int, batch: Any) -> tuple[Tensor, Tensor]:
+            if i in self._graphs or self.keeps_graphs(cache_graphs):
+                g, loss = self.batch_graph(i, batch, cache_graphs, max_cache_bytes)
+                g = g.detach()
+            else:
+                g, loss = self.gradient_graph(batch, create_graph=False)
+            return torch.cat([g, loss.reshape(1).to(g.dtype)]), loss
+
+        risk = self.risk
+        total = torch.zeros(risk.num_params + 1, dtype=risk.dtype, device=risk.device)
+        with risk.differentiable():
+            total = risk.data.accumulate(step, total, progress=progress, desc="gradient")
+        return total[-1], total[:-1]
 
     def block_matmat(self, V: Tensor, column_params: Sequence[Sequence[int]]) -> Tensor:
         """``H_bb v_b`` for every column of ``V: Tensor[n, k]``, column ``j`` nonzero only
@@ -319,51 +370,94 @@ class ExactProducts:
         hv, loss = vmap(one, in_dims=1, out_dims=(1, 0), chunk_size=chunk_size)(V)
         return hv, loss[0]
 
-    def _calibrate_func(
-        self, V: Tensor, batch: Any, chunk_size: int | None, reference: Tensor, t_reference: float
-    ) -> None:
-        """Decide once whether wide products go through :meth:`hvp_forward_over_reverse`.
+    def _choose_func(
+        self, g: Tensor, V: Tensor, batch: Any, chunk_size: int | None, graph_s: float
+    ) -> Tensor:
+        """``H_b V`` for this batch while deciding, once per module, whether wide blocks go
+        through :meth:`hvp_forward_over_reverse` (``graph_s``: seconds the batch graph
+        ``g`` took to build, 0 if it was kept).
 
-        Used only if it reproduces the double-backward products of this block to
-        ``1e4`` units of roundoff and is faster. The check guards against wrong
-        forward-mode rules: torch.func's Hessians of affine LayerNorm are wrong in
-        torch 2.13 along some code paths (tests/operators/test_dense.py), and
-        curvlinops' products on a ViT were measured 1.6e-2 off (reports/benchmark).
+        Both paths are timed per column at equal width, as wide as possible, because
+        the jvp path's lead grows with the width (per column on a small GPT-2: equal
+        at 5 columns, 15% ahead at 10; on the digits MLP, 8-column slices chose
+        double backward, whose 120-product Hutch++ then took 0.45 s against 0.27 s).
+        A block whose halves (or passes) are at least ``CALIBRATION_COLUMNS`` wide
+        times each path on one half, both part of the product, and the rest goes by
+        the faster; extra work: two checked columns and a two-column warm-up of the
+        transforms (timing a whole extra block instead cost 10.6 s of an 18.2 s first
+        Hutch++ trace on a ResNet-20 of width 32). A narrower block is run both ways
+        whole. The jvp path is used only if it also reproduces
+        double backward to ``1e4`` units of roundoff: torch.func's Hessians of
+        affine LayerNorm are wrong in torch 2.13 along some code paths
+        (tests/operators/test_dense.py), and curvlinops' products on a ViT were
+        measured 1.6e-2 off (reports/benchmark).
         """
-        # the whole block of the first batch: vmap's per-column cost depends on the
-        # number of columns, so a smaller trial would misjudge it
-        cols = V.shape[1]
+        k = V.shape[1]
+        p = min(k // 2, k if chunk_size is None else chunk_size)
+        wide = p >= CALIBRATION_COLUMNS
+        func_cols, db_cols = (slice(0, p), slice(p, 2 * p)) if wide else (slice(0, k),) * 2
+        width = None if wide else chunk_size
+        out = torch.empty_like(V)
+        # the first call of a transform on a model is several times slower than later
+        # ones (measured 4.5x on ResNet-20): warm up on two columns first
         try:
-            # the first call of a transform on a model is several times slower than
-            # later ones (measured 4.5x on ResNet-20), and the first calls at a new
-            # width pay for fresh memory (a ViT's 80-column block: 9 ms per column on
-            # the second call, 5 from the third): warm up on the whole block, then
-            # keep the faster of two timed runs
-            self.hvp_forward_over_reverse(V, batch, chunk_size)
-            t_func = math.inf
-            for _ in range(2):
-                t0 = time.perf_counter()
-                hv, _ = self.hvp_forward_over_reverse(V, batch, chunk_size)
-                _sync(V)
-                t_func = min(t_func, (time.perf_counter() - t0) / cols)
-        except Exception:  # no forward-mode or batching rule somewhere: keep double backward
+            self.hvp_forward_over_reverse(V[:, :2], batch, None)
+        except Exception:  # no forward-mode or batching rule somewhere: double backward
             self.paths.func = False
-            return
+            return self.second_backward(g, V, chunk_size)
+        t_func = t_db = math.inf
+        cols = V[:, func_cols].shape[1]
+        # cheap timings are repeated, best of two (on the digits MLP one cold timing
+        # chose jvp, whose Hutch++ trace then took 0.61 s against 0.54 s by double
+        # backward)
+        for _ in range(2):
+            _sync(V)
+            t = time.perf_counter()
+            by_func = self.hvp_forward_over_reverse(V[:, func_cols], batch, width)[0]
+            _sync(V)
+            t_func = min(t_func, (time.perf_counter() - t) / cols)
+            t = time.perf_counter()
+            out[:, db_cols] = self.second_backward(g, V[:, db_cols], width)
+            _sync(V)
+            t_db = min(t_db, (time.perf_counter() - t) / cols + graph_s / k)
+            if (t_func + t_db) * cols >= CHEAP_BLOCK_S:
+                break
+        reference = self.second_backward(g, V[:, :2], None) if wide else out[:, :2]
         scale = torch.linalg.vector_norm(reference).clamp_min(torch.finfo(V.dtype).tiny)
-        err = float(torch.linalg.vector_norm(hv - reference) / scale)
-        self.paths.func = err <= 1e4 * torch.finfo(V.dtype).eps and t_func < t_reference / cols
+        agrees = float(torch.linalg.vector_norm(by_func[:, :2] - reference) / scale) <= (
+            1e4 * torch.finfo(V.dtype).eps
+        )
+        if not wide and agrees and self.paths.func_trials == 0 and (
+            abs(t_func - t_db) < CLOSE_CALL * min(t_func, t_db)
+        ):
+            # a close call on a narrow block, where the jvp path was timed cold at this
+            # width: leave the choice to the next block (on a small GPT-2 the 10-column
+            # trial chose double backward at 0.139 against 0.134 s a column; settled,
+            # the jvp path is 15% ahead there)
+            self.paths.func_trials += 1
+            return out
+        self.paths.func = agrees and t_func < t_db
+        if wide:
+            out[:, func_cols] = by_func if agrees else self.second_backward(g, V[:, func_cols], None)
+            rest = V[:, 2 * p :]
+            if rest.shape[1]:
+                out[:, 2 * p :] = (self.hvp_forward_over_reverse(rest, batch, chunk_size)[0]
+                                   if self.paths.func else self.second_backward(g, rest, chunk_size))
+        return out
 
-    def gradient_graph(self, batch: Any, measure: bool = False) -> tuple[Tensor, Tensor]:
-        """Flat batch gradient with its graph (``create_graph=True``) and the loss; with
-        ``measure``, the bytes autograd saved for it go to :attr:`column_bytes`.
-        Needs :meth:`EmpiricalRisk.differentiable`."""
+    def gradient_graph(
+        self, batch: Any, measure: bool = False, create_graph: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """Flat batch gradient with its graph (``create_graph``; else a plain gradient)
+        and the loss; with ``measure``, the bytes autograd saved for it go to
+        :attr:`column_bytes`. Needs :meth:`EmpiricalRisk.differentiable`."""
         params = self.risk.param_list
         with saved_bytes() if measure else contextlib.nullcontext([0]) as nbytes:
             loss = self.risk.module_loss(batch)
             if not self._graph_checked:
                 check_second_derivatives(loss)
                 self._graph_checked = True
-            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
         if measure:
             self.column_bytes = max(nbytes[0], 1)
         g = torch.cat(
@@ -411,28 +505,36 @@ class ExactProducts:
         return torch.stack([self.vjp_columns(g, v, batched=False) for v in block.T], dim=1)
 
     def _time_both(self, g: Tensor, block: Tensor) -> Tensor:
-        """Time the first ``FUNC_MIN_COLUMNS`` columns batched (best of two) and looped,
-        keep the faster path (per column) for the rest of ``block`` and for later
-        products."""
-        probe = block[:, :FUNC_MIN_COLUMNS]
+        """Time batched and looped second backwards on slices of ``block`` (up to
+        ``PROBE_COLUMNS`` columns), keep the faster (per column) for the rest of it and
+        for later products.
+
+        The batched path runs twice, the first run paying vmap's one-off setup. A block
+        of at least 6 columns times each run on a slice of its own, so the timing is
+        real work; a narrower one repeats its first slice (two extra runs).
+        """
+        k = block.shape[1]
+        p = min(PROBE_COLUMNS, k // 3) if k >= 6 else min(PROBE_COLUMNS, k)
+        starts = (0, p, 2 * p) if k >= 3 * p else (0, 0, 0)
+        out = torch.empty_like(block)
         times: dict[bool, float] = {True: math.inf, False: math.inf}
-        # the first vmapped call pays a one-off setup: the batched path gets a second run
-        for batched in (True, False, True):
+        for batched, start in zip((True, False, True), starts):
+            probe = block[:, start : start + p]
             _sync(block)
             t0 = time.perf_counter()
             if batched:
-                head = self.vjp_columns(g, probe.T, batched=True).T
+                out[:, start : start + p] = self.vjp_columns(g, probe.T, batched=True).T
             else:
-                self._loop_columns(g, probe)
+                out[:, start : start + p] = self._loop_columns(g, probe)
             _sync(block)
             times[batched] = min(times[batched], time.perf_counter() - t0)
         self.paths.batched = times[True] <= times[False]
-        rest = block[:, probe.shape[1] :]
-        if rest.shape[1] == 0:
-            return head
-        if self.paths.batched:
-            return torch.cat([head, self.vjp_columns(g, rest.T, batched=True).T], dim=1)
-        return torch.cat([head, self._loop_columns(g, rest)], dim=1)
+        done = starts[-1] + p
+        rest = block[:, done:]
+        if rest.shape[1]:
+            out[:, done:] = (self.vjp_columns(g, rest.T, batched=True).T if self.paths.batched
+                             else self._loop_columns(g, rest))
+        return out
 
     def vjp_columns(self, g: Tensor, v: Tensor, batched: bool) -> Tensor:
         """Flat ``d(g . v)/dw``: ``v: Tensor[n]``, or ``Tensor[m, n]`` rows with ``batched``."""
