@@ -231,11 +231,24 @@ class EmpiricalRisk:
     def loss_and_gradient(self, w: Tensor, progress: bool = False) -> tuple[Tensor, Tensor]:
         """Dataset loss (0-d) and gradient ``Tensor[n]`` at flat ``w``, one pass."""
 
-        def step(_: int, batch: Any) -> tuple[Tensor, Tensor]:
+        def batch_gradient(_: int, batch: Any) -> tuple[Tensor, Tensor]:
             wr = w.detach().requires_grad_(True)
             loss = self.batch_loss(wr, batch)
             (g,) = torch.autograd.grad(loss, wr)
-            return torch.cat([g, loss.detach().reshape(1)]), loss
+            return g, loss
+
+        return self.accumulate_loss_and_gradient(batch_gradient, progress)
+
+    def accumulate_loss_and_gradient(
+        self, batch_gradient: Callable[[int, Any], tuple[Tensor, Tensor]], progress: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """Dataset loss (0-d) and gradient ``Tensor[n]`` in one pass, from
+        ``batch_gradient(i, batch) -> (g_b: Tensor[n], loss_b)`` (batch means or sums,
+        weighted and normalised by the data loop)."""
+
+        def step(i: int, batch: Any) -> tuple[Tensor, Tensor]:
+            g, loss = batch_gradient(i, batch)
+            return torch.cat([g, loss.detach().reshape(1).to(g.dtype)]), loss
 
         total = torch.zeros(self.num_params + 1, dtype=self.dtype, device=self.device)
         total = self.data.accumulate(step, total, progress=progress, desc="gradient")

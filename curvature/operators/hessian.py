@@ -167,7 +167,6 @@ class HessianOperator(ModelOperator):
         if self.method != "exact":
             return super().gradient()
         return self.risk.gradient(
-            progress=self.progress,
             compute=lambda: self.products.loss_and_gradient(
                 self.cache_graphs, self.max_cache_bytes, progress=self.progress
             ),

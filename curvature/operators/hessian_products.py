@@ -37,8 +37,9 @@ from curvature.errors import DoubleBackwardError
 from curvature.risk import EmpiricalRisk
 
 __all__ = [
-    "CALIBRATION_COLUMNS", "CHEAP_BLOCK_S", "CLOSE_CALL", "FUNC_MIN_COLUMNS", "PROBE_COLUMNS", "ExactProducts", "PathChoice",
-    "check_second_derivatives", "columns_per_pass", "double_backward_error", "saved_bytes",
+    "CALIBRATION_COLUMNS", "CHEAP_BLOCK_S", "CLOSE_CALL", "FUNC_MIN_COLUMNS", "PROBE_COLUMNS",
+    "ExactProducts", "PathChoice", "check_second_derivatives", "columns_per_pass",
+    "double_backward_error", "saved_bytes",
 ]
 
 FUNC_MIN_COLUMNS = 4
@@ -113,7 +114,8 @@ def columns_per_pass(
     fit = int(max_chunk_bytes // per_column)
     if fit >= k:
         return None
-    return -(-k // -(-k // max(1, fit)))  # ceil(k / number of passes)
+    passes = math.ceil(k / max(1, fit))
+    return math.ceil(k / passes)
 
 
 def double_backward_error(err: Exception) -> DoubleBackwardError:
@@ -213,8 +215,9 @@ class ExactProducts:
         :attr:`DataLoop.cache_key`). ``chunk_size=None`` sizes the column chunks so
         that the vectorised intermediates stay under ``max_chunk_bytes``
         (:meth:`chunk_for`). Blocks of at least :data:`FUNC_MIN_COLUMNS` columns may
-        use forward-over-reverse: once the column path of the second backward is settled, the next such product runs its
-        first batch both ways and keeps jvp-of-grad only if it agrees and is faster.
+        use forward-over-reverse: once the column path of the second backward is
+        settled, the next such product times both paths on its first batch
+        (:meth:`_choose_func`) and keeps jvp-of-grad only if it agrees and is faster.
         """
         k = V.shape[1]
         data = self.risk.data
@@ -235,7 +238,7 @@ class ExactProducts:
             chunk = self.chunk_for(k, chunk_size, max_chunk_bytes)
             if self.paths.func and vectorised(chunk):
                 return self.hvp_forward_over_reverse(V, batch, chunk)
-            kept = i in self._graphs
+            kept = i in self._graphs and data.cache_key == self._graphs_key
             t0 = time.perf_counter()
             g, loss = self.batch_graph(i, batch, cache_graphs, max_cache_bytes)
             chunk = self.chunk_for(k, chunk_size, max_chunk_bytes)
@@ -272,13 +275,13 @@ class ExactProducts:
         n = data.num_batches
         if cache_graphs is None and self._cache_ok is None and key is not None and n:
             self._cache_ok = self.column_bytes * n <= max_cache_bytes
-        if key is not None and (cache_graphs or (cache_graphs is None and self._cache_ok)):
+        if self.keeps_graphs(cache_graphs) and (cache_graphs or self._cache_ok):
             self._graphs[i] = (g, loss)
         return g, loss
 
     def keeps_graphs(self, cache_graphs: bool | None) -> bool:
-        """Whether the next pass over the data may keep its batch graphs: cacheable
-        data, and the cache on, or automatic and not yet found too big."""
+        """Whether batch graphs may be kept: cacheable data, and the cache on, or
+        automatic and not found too big (undecided before the first graph)."""
         if self.risk.data.cache_key is None:
             return False
         return bool(cache_graphs) or (cache_graphs is None and self._cache_ok is not False)
@@ -293,19 +296,14 @@ class ExactProducts:
         started from the gradient saves the graph-building half of a fresh product).
         Batches after the cache is found too big take a plain gradient."""
 
-        def step(i: int, batch: Any) -> tuple[Tensor, Tensor]:
-            if i in self._graphs or self.keeps_graphs(cache_graphs):
+        def batch_gradient(i: int, batch: Any) -> tuple[Tensor, Tensor]:
+            if self.keeps_graphs(cache_graphs):
                 g, loss = self.batch_graph(i, batch, cache_graphs, max_cache_bytes)
-                g = g.detach()
-            else:
-                g, loss = self.gradient_graph(batch, create_graph=False)
-            return torch.cat([g, loss.reshape(1).to(g.dtype)]), loss
+                return g.detach(), loss
+            return self.gradient_graph(batch, create_graph=False)
 
-        risk = self.risk
-        total = torch.zeros(risk.num_params + 1, dtype=risk.dtype, device=risk.device)
-        with risk.differentiable():
-            total = risk.data.accumulate(step, total, progress=progress, desc="gradient")
-        return total[-1], total[:-1]
+        with self.risk.differentiable():
+            return self.risk.accumulate_loss_and_gradient(batch_gradient, progress)
 
     def block_matmat(self, V: Tensor, column_params: Sequence[Sequence[int]]) -> Tensor:
         """``H_bb v_b`` for every column of ``V: Tensor[n, k]``, column ``j`` nonzero only
@@ -438,11 +436,15 @@ class ExactProducts:
             return out
         self.paths.func = agrees and t_func < t_db
         if wide:
-            out[:, func_cols] = by_func if agrees else self.second_backward(g, V[:, func_cols], None)
+            # a jvp slice that disagrees is not trusted: recomputed by double backward
+            out[:, func_cols] = (by_func if agrees
+                                 else self.second_backward(g, V[:, func_cols], None))
             rest = V[:, 2 * p :]
             if rest.shape[1]:
-                out[:, 2 * p :] = (self.hvp_forward_over_reverse(rest, batch, chunk_size)[0]
-                                   if self.paths.func else self.second_backward(g, rest, chunk_size))
+                out[:, 2 * p :] = (
+                    self.hvp_forward_over_reverse(rest, batch, chunk_size)[0]
+                    if self.paths.func else self.second_backward(g, rest, chunk_size)
+                )
         return out
 
     def gradient_graph(
